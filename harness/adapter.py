@@ -1,0 +1,148 @@
+"""The uniform model adapter every architecture implements.
+
+    model = build_model("titans-mac", preset="tiny", vocab_size=256)
+    logits, aux_loss = model(input_ids)                       # training / scoring a whole sequence
+    logits, aux_loss, state = model(input_ids, state=None)    # streaming: start a stream
+    logits, aux_loss, state = model(next_ids, state=state)    # ... and continue it
+
+`state` is whatever the architecture carries between segments (memory weights and momentum, SSM state, a KV or
+token window). Scoring a long sequence segment by segment must give the same logits as one call (tests check this
+for every registered model) while peak memory stays bounded by the segment length.
+
+How a model streams is declared by `streaming`:
+  "state"  - a recurrent state of fixed size (memory models, SSMs, linear attention): exact and O(1) memory.
+  "window" - the model re-reads at most `max_context` previous tokens (attention models): exact while the stream
+             is shorter than max_context, and a sliding window after that; the record says so.
+  "none"   - the model cannot stream; asking raises StreamingUnsupported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError, StreamingUnsupported
+
+_NO_STATE = object()
+
+
+class LMAdapter(nn.Module):
+    """Base class of every registered architecture: an autoregressive LM over `vocab_size` tokens."""
+
+    streaming: ClassVar[str] = "none"  # "state" | "window" | "none", see the module docstring
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config  # the flavor dataclass the model was built from (recorded in results)
+
+    # -- the one method subclasses implement ------------------------------------------------------------
+    def forward_with_state(self, input_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """input_ids [B, T] -> (logits [B, T, V], aux_loss scalar, new_state). `state` is None at stream start."""
+        raise NotImplementedError
+
+    # -- the public interface -------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, state: Any = _NO_STATE):
+        if state is _NO_STATE:
+            logits, aux_loss, _ = self.forward_with_state(input_ids, None)
+            return logits, aux_loss
+        if self.streaming == "none":
+            raise StreamingUnsupported(f"{type(self).__name__} cannot carry state across segments")
+        return self.forward_with_state(input_ids, state)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_context(self) -> int | None:
+        """Longest context the model attends over in one call (None: unbounded, a recurrent model)."""
+        return getattr(self.config, "max_seq_len", None)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen:  # tied weights count once
+                continue
+            seen.add(id(p))
+            if exclude_embeddings and isinstance(self.get_submodule(name.rsplit(".", 1)[0]), nn.Embedding):
+                continue
+            total += p.numel()
+        return total
+
+    def describe(self) -> dict:
+        return {"class": type(self).__name__, "streaming": self.streaming,
+                "config": asdict(self.config) if is_dataclass(self.config) else repr(self.config)}
+
+
+class WindowStreaming:
+    """Mixin giving attention models the "window" streaming form: the state is the tail of the token stream
+    (at most max_context - 1 tokens); each call re-reads it and returns logits for the new tokens only. This is
+    exact while the stream fits in max_context, and bounded in memory always."""
+
+    streaming: ClassVar[str] = "window"
+
+    def forward_with_state(self, input_ids, state):
+        context = input_ids if state is None else torch.cat([state, input_ids], dim=1)
+        window = self.max_context
+        n_new, total = input_ids.shape[1], context.shape[1]
+        if window is None or total <= window:
+            logits, aux = self.forward_full(context)
+            logits = logits[:, -n_new:]
+        else:
+            # Score the new tokens in strides of window/2 so each one sees at least window/2 tokens of context.
+            stride, pos, parts, auxes = max(1, window // 2), total - n_new, [], []
+            while pos < total:
+                end = min(pos + stride, total)
+                piece_logits, piece_aux = self.forward_full(context[:, max(0, end - window):end])
+                parts.append(piece_logits[:, -(end - pos):])
+                auxes.append(piece_aux)
+                pos = end
+            logits, aux = torch.cat(parts, dim=1), torch.stack(auxes).mean()
+        keep = (window - 1) if window is not None else context.shape[1]
+        return logits, aux, context[:, -keep:].detach()
+
+    def forward_full(self, input_ids):  # implemented by the model: a plain causal forward
+        raise NotImplementedError
+
+
+def apply_overrides(config: Any, overrides: dict | None) -> Any:
+    """Replace fields of a flavor dataclass; unknown field names are a one-line error listing the valid ones."""
+    if not overrides:
+        return config
+    valid = {f.name: f for f in fields(config)}
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise HarnessError(f"unknown model setting(s) {', '.join(unknown)} for {type(config).__name__}; "
+                           f"valid: {', '.join(sorted(valid))}")
+    converted = {}
+    for key, value in overrides.items():
+        current = getattr(config, key)
+        if isinstance(value, str) and not isinstance(current, str) and current is not None:
+            try:
+                value = type(current)(value) if not isinstance(current, bool) else value.lower() in ("1", "true", "yes")
+            except ValueError as exc:
+                raise HarnessError(f"model setting {key}={value!r} is not a valid {type(current).__name__}") from exc
+        converted[key] = value
+    return replace(config, **converted)
+
+
+def flavor(flavors: dict[str, Any], preset: str, model_name: str) -> Any:
+    """The model's config for a preset name, or a one-line error listing the presets this model has."""
+    if preset not in flavors:
+        raise HarnessError(f"model {model_name!r} has no preset {preset!r}; it has: {', '.join(flavors)}")
+    return flavors[preset]
+
+
+def build_model(name: str, preset: str = "tiny", vocab_size: int = 256, overrides: dict | None = None) -> LMAdapter:
+    """Build a registered architecture at a preset for a vocabulary size, with optional config overrides."""
+    from harness.registry import MODELS
+
+    entry = MODELS.resolve(name)
+    builder = MODELS.load(entry.name)
+    model = builder(preset=preset, vocab_size=vocab_size, overrides=overrides or {})
+    model.registry_name = entry.name
+    model.preset = preset
+    return model

@@ -1,0 +1,64 @@
+"""Norms, the SwiGLU MLP, rotary position embeddings and the short causal depthwise convolution."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RMSNorm = nn.RMSNorm  # PyTorch's own; one name for every model to import
+
+
+class SwiGLU(nn.Module):
+    """y = W_out (silu(W_gate x) * W_up x)  (Shazeer 2020). `hidden` defaults to 8/3 d rounded to 32, which keeps
+    the parameter count of a 4d GELU MLP."""
+
+    def __init__(self, dim: int, hidden: int | None = None, bias: bool = False):
+        super().__init__()
+        hidden = hidden or 32 * ((8 * dim // 3 + 31) // 32)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.down = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al. 2021). `forward(positions)` gives (cos, sin) of shape [T, head_dim/2]."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor):
+        freqs = torch.outer(positions.float(), self.inv_freq)
+        return freqs.cos(), freqs.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x [..., T, d] by the angles of positions (cos, sin [T, d/2])."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise 1-D convolution over time that sees only the present and the past (kernel_size - 1 steps).
+
+    forward(x [B, T, C], state [B, kernel-1, C] or None) -> (y [B, T, C], new_state): the state is the last
+    kernel-1 inputs, so a sequence split into segments gives the same output as one call."""
+
+    def __init__(self, channels: int, kernel_size: int = 4):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=True)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        k = self.kernel_size - 1
+        if state is None:
+            state = x.new_zeros(x.shape[0], k, x.shape[2])
+        padded = torch.cat([state, x], dim=1)
+        y = self.conv(padded.transpose(1, 2)).transpose(1, 2)
+        return y, padded[:, padded.shape[1] - k:] if k else padded[:, :0]

@@ -1,0 +1,51 @@
+"""The task interface the runner drives.
+
+A task knows its data (where to find it, how to verify it, how to split it), gives the runner training and
+validation batches, and scores a model on its test split, returning metrics with standard errors.
+
+Batches are a pure function of (seed, step): a resumed run sees exactly the batches an uninterrupted run would,
+and two architectures trained with the same seed see the same data in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class Metric:
+    value: float
+    stderr: float | None  # standard error of `value` (None where it cannot be estimated)
+    n: int  # number of units the value averages over (bytes, tokens, samples)
+    higher_is_better: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Task:
+    """Base class. Subclasses set `name`, `vocab_size` and `primary_metric` and implement the methods below."""
+
+    name: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = ""
+    vocab_size: int = 0
+
+    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs [B, T], targets [B, T]) for one optimizer step; targets use -100 where no loss is taken."""
+        raise NotImplementedError
+
+    def val_batch(self, index: int, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed validation batch (the same for every run), for evaluation during training."""
+        raise NotImplementedError
+
+    def evaluate(self, model, *, device: torch.device, seq_len: int, batch_size: int, limit: int | None = None,
+                 progress: bool = True) -> dict[str, Metric]:
+        """Score `model` on the test split; `limit` caps the amount scored (tokens or samples, task-defined)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the data for the run record: source, checksums, split sizes, caveats."""
+        return {"name": self.name}

@@ -1,0 +1,199 @@
+"""Byte-level language modelling: `enwik8` (the Hutter-prize file, standard 90M/5M/5M split) and `bytes` (the
+same task on any local text, split 90/5/5 by bytes). Vocabulary 256; the metric is bits per byte on the test
+split, scored in consecutive windows of the training context length where every byte but the first is predicted
+exactly once, with the byte before each window as its first input."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.data import cache_dir, data_dirs, download, sha256_bytes
+from harness.errors import DataError
+from tasks.base import Metric, Task
+from tasks.metrics import LN2, ratio_with_stderr
+
+ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
+ENWIK8_SIZE = 100_000_000
+ENWIK8_SHA256 = "2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8"
+ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)  # train, valid, test, in file order
+ENWIK8_NAMES = ("enwik8", "enwik8.gz", "enwik8.zip")
+
+
+def read_enwik8_file(path: Path) -> bytes:
+    """The raw bytes of enwik8 from the plain file, a .gz or the original .zip."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                return zf.read("enwik8")
+        return path.read_bytes()
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"cannot read enwik8 from {path}: {exc}") from exc
+
+
+def verify_enwik8(data: bytes, origin: str, size: int = ENWIK8_SIZE, sha256: str = ENWIK8_SHA256) -> None:
+    if len(data) != size:
+        raise DataError(f"{origin} holds {len(data):,} bytes, enwik8 has {size:,}: the file is truncated or not "
+                        f"enwik8; replace it with the original from {ENWIK8_URL}")
+    digest = sha256_bytes(data)
+    if digest != sha256:
+        raise DataError(f"{origin} has sha256 {digest[:16]}..., enwik8 has {sha256[:16]}...: the file was altered; "
+                        f"replace it with the original from {ENWIK8_URL}")
+
+
+def load_enwik8(data_dir: str | os.PathLike | None = None, url: str = ENWIK8_URL, size: int = ENWIK8_SIZE,
+                sha256: str = ENWIK8_SHA256, allow_download: bool = True) -> tuple[bytes, dict]:
+    """Find enwik8 (plain, .gz or .zip) in --data-dir, $HARNESS_DATA_DIR or the cache; otherwise download the
+    original zip into the cache. The bytes are checked against the known size and sha256 before use."""
+    searched = data_dirs(data_dir)
+    for folder in searched:
+        for name in ENWIK8_NAMES:
+            path = folder / name
+            if path.is_file():
+                data = read_enwik8_file(path)
+                verify_enwik8(data, str(path), size, sha256)
+                return data, {"path": str(path), "downloaded": False}
+    if not allow_download:
+        raise DataError(f"enwik8 not found in {', '.join(map(str, searched))}; put enwik8, enwik8.gz or enwik8.zip "
+                        f"in --data-dir (or $HARNESS_DATA_DIR), or go online to download {ENWIK8_URL}")
+    dest = cache_dir() / "enwik8.zip"
+    try:
+        download(url, dest)
+    except DataError as exc:
+        raise DataError(f"enwik8 not found in {', '.join(map(str, searched))} and the download failed ({exc}); "
+                        f"put enwik8, enwik8.gz or enwik8.zip in --data-dir or $HARNESS_DATA_DIR") from exc
+    data = read_enwik8_file(dest)
+    try:
+        verify_enwik8(data, f"the download from {url}", size, sha256)
+    except DataError:
+        dest.unlink(missing_ok=True)  # never leave a bad file where the next run would find it
+        raise
+    return data, {"path": str(dest), "downloaded": True, "url": url}
+
+
+def split_enwik8(data: bytes, n_valid: int = ENWIK8_SPLIT[1], n_test: int = ENWIK8_SPLIT[2]):
+    """The standard split: all but the last n_valid + n_test bytes train, then valid, then test."""
+    n_train = len(data) - n_valid - n_test
+    if n_train <= 0:
+        raise DataError(f"{len(data):,} bytes are too few for a {n_valid:,}/{n_test:,} valid/test split")
+    return data[:n_train], data[n_train:n_train + n_valid], data[n_train + n_valid:]
+
+
+def read_text_source(path: str | os.PathLike) -> tuple[bytes, list[str]]:
+    """A file's bytes, or the concatenated bytes of a folder's *.txt files in name order."""
+    path = Path(path)
+    if path.is_file():
+        return path.read_bytes(), [path.name]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
+        if not files:
+            raise DataError(f"{path} holds no .txt files; --data-file takes a text file or a folder of .txt files")
+        return b"".join(p.read_bytes() for p in files), [p.name for p in files]
+    raise DataError(f"--data-file {path} does not exist; give a text file or a folder of .txt files")
+
+
+class ByteLMTask(Task):
+    """Shared machinery of the byte-level tasks: batches by (seed, step), windowed BPB scoring."""
+
+    primary_metric = "bpb"
+    vocab_size = 256
+
+    def __init__(self, train: bytes, valid: bytes, test: bytes, info: dict):
+        self.splits = {name: np.frombuffer(buf, dtype=np.uint8) for name, buf in
+                       (("train", train), ("valid", valid), ("test", test))}
+        self.info = info
+
+    def _windows(self, split: str, rng: np.random.Generator, batch_size: int, seq_len: int):
+        data = self.splits[split]
+        if len(data) < seq_len + 2:
+            raise DataError(f"the {split} split has {len(data):,} bytes, fewer than one window of {seq_len + 1}")
+        starts = rng.integers(0, len(data) - seq_len - 1, size=batch_size)
+        x = torch.from_numpy(np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+        return x[:, :-1], x[:, 1:]
+
+    def train_batch(self, step, batch_size, seq_len, seed):
+        return self._windows("train", np.random.default_rng([seed, step]), batch_size, seq_len)
+
+    def val_batch(self, index, batch_size, seq_len):
+        return self._windows("valid", np.random.default_rng([0x5EED, index]), batch_size, seq_len)
+
+    @torch.no_grad()
+    def evaluate(self, model, *, device, seq_len, batch_size, limit=None, progress=True):
+        data = self.splits["test"]
+        if limit is not None:
+            data = data[:limit + 1]  # score `limit` bytes (the first byte is context only)
+        n_scored = len(data) - 1
+        if n_scored < 1:
+            raise DataError("the test split is empty")
+        tokens = torch.from_numpy(data.astype(np.int64))
+        starts = list(range(0, n_scored, seq_len))
+        sums, counts = [], []
+        model.eval()
+        bar = tqdm(total=n_scored, unit="B", unit_scale=True, desc="scoring test", disable=not progress)
+        for i in range(0, len(starts), batch_size):
+            group = starts[i:i + batch_size]
+            full = [s for s in group if s + seq_len <= n_scored]
+            batches = ([torch.stack([tokens[s:s + seq_len + 1] for s in full])] if full else []) + \
+                      [tokens[s:n_scored + 1].unsqueeze(0) for s in group if s + seq_len > n_scored]
+            for x in batches:
+                x = x.to(device)
+                logits, _ = model(x[:, :-1])
+                nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                      reduction="none").view(x.shape[0], -1)
+                sums.extend(nll.sum(dim=1).tolist())
+                counts.extend([x.shape[1] - 1] * x.shape[0])
+                bar.update((x.shape[1] - 1) * x.shape[0])
+        bar.close()
+        nats, nats_se = ratio_with_stderr(sums, counts)
+        if not math.isfinite(nats):
+            raise DataError("the test loss is not finite")
+        return {
+            "bpb": Metric(nats / LN2, None if nats_se is None else nats_se / LN2, n_scored),
+            "nll": Metric(nats, nats_se, n_scored),  # nats per byte
+        }
+
+    def describe(self):
+        return {"name": self.name, "split_bytes": {k: int(len(v)) for k, v in self.splits.items()}, **self.info}
+
+
+class Enwik8Task(ByteLMTask):
+    name = "enwik8"
+
+    def __init__(self, data_dir=None, **_ignored):
+        data, found = load_enwik8(data_dir)
+        super().__init__(*split_enwik8(data), {"source": "enwik8", "sha256": ENWIK8_SHA256, **found,
+                                               "split": "90M/5M/5M (standard)"})
+
+
+class BytesTask(ByteLMTask):
+    name = "bytes"
+
+    def __init__(self, data_file=None, data_dir=None, **_ignored):
+        if data_file is None:
+            raise DataError("task 'bytes' needs --data-file PATH (a text file or a folder of .txt files), "
+                            "e.g. --data-file ../shared/data/pg19")
+        data, files = read_text_source(data_file)
+        n_valid = n_test = len(data) // 20
+        super().__init__(*split_enwik8(data, n_valid, n_test),
+                         {"source": str(Path(data_file).resolve()), "files": files, "sha256": sha256_bytes(data),
+                          "split": "90/5/5 by bytes", "total_bytes": len(data)})
+
+
+def build_enwik8(**options) -> Enwik8Task:
+    return Enwik8Task(**options)
+
+
+def build_bytes(**options) -> BytesTask:
+    return BytesTask(**options)
