@@ -106,16 +106,22 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model, task, budget, device, autocast) -> float:
+def validation_metrics(model, task, budget, device, autocast) -> tuple[float, float]:
+    """(cross-entropy per target token, next-token accuracy) of the model's own predictions on the fixed
+    validation batches (deep-supervision or aux terms are not part of it, so models compare like for like)."""
     model.eval()
-    losses = []
+    nll, correct, count = 0.0, 0, 0
     for i in range(budget.eval_batches):
         inputs, targets = (t.to(device) for t in task.val_batch(i, budget.batch_size, budget.seq_len))
         with autocast():
-            _, ce, _ = lm_loss(model, inputs, targets)
-        losses.append(ce.item())
+            logits, _ = model(inputs)
+        mask = targets != -100
+        nll += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=-100, reduction="sum").item()
+        correct += ((logits.argmax(-1) == targets) & mask).sum().item()
+        count += mask.sum().item()
     model.train()
-    return sum(losses) / len(losses)
+    return nll / max(count, 1), correct / max(count, 1)
 
 
 def run(cfg: RunConfig) -> tuple[dict, Path]:
@@ -226,9 +232,9 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
                         refresh=False)
         done = step + 1
         if budget.eval_every and done % budget.eval_every == 0 and done < steps:
-            val = validation_loss(model, task, budget, device, autocast)
-            history["val"].append([done, round(val, 6)])
-            bar.write(f"step {done}: val loss {val:.4f}")
+            val, acc = validation_metrics(model, task, budget, device, autocast)
+            history["val"].append([done, round(val, 6), round(acc, 6)])
+            bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
             if hasattr(optimizer, "meta_update") and getattr(optimizer, "mode", None) == "explicit":
                 optimizer.meta_update(val_batch=task.val_batch(0, budget.batch_size, budget.seq_len),
                                       train_batches=list(recent), use_unrolled=True)
@@ -237,7 +243,8 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
     bar.close()
 
     if steps and start_step < steps:
-        history["val"].append([steps, round(validation_loss(model, task, budget, device, autocast), 6)])
+        val, acc = validation_metrics(model, task, budget, device, autocast)
+        history["val"].append([steps, round(val, 6), round(acc, 6)])
         save_checkpoint(ckpt_path, checkpoint_payload(steps, final=False))
 
     # ---------------------------------------------------------------- scoring
@@ -259,6 +266,8 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
                      "tokens_per_s": round(tokens_this_run / train_time, 1) if train_time else None,
                      "resumed_from_step": resumed_from, "budget": budget.to_dict(),
                      "final_train_loss": history["train"][-1][1] if history["train"] else None,
+                     "final_val_loss": history["val"][-1][1] if history["val"] else None,
+                     "final_val_accuracy": history["val"][-1][2] if history["val"] else None,
                      "curve": history["train"], "val_curve": history["val"]},
         "eval": {"limit": limit, "seq_len": budget.seq_len, "time_s": round(eval_time, 3)},
         "wall_time_s": round(time.perf_counter() - wall_start, 3), "peak_memory_mb": round(peak_memory_mb(device), 1),
