@@ -25,6 +25,8 @@ def print_run(record: dict, path: Path) -> None:
     if tr.get("tokens_per_s"):
         click.echo(f"training: {tr['train_time_s']:.1f} s, {tr['tokens_per_s']:,.0f} tokens/s, "
                    f"final train loss {tr['final_train_loss']:.4f}")
+    if tr.get("final_val_loss") is not None:
+        click.echo(f"validation: loss {tr['final_val_loss']:.4f}, next-token accuracy {tr['final_val_accuracy']:.4f}")
     click.echo(metrics_table(record))
     click.echo(f"wall time {record['wall_time_s']:.1f} s, peak memory {record['peak_memory_mb']:,.0f} MB")
     for note in record.get("notes", []):
