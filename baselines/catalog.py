@@ -7,3 +7,6 @@ MODELS.register("transformer-pp", "baselines.transformer_pp:build", aliases=("tr
 MODELS.register("moe", "baselines.moe:build", aliases=("mixture-of-experts", "moe-baseline"),
                 summary="5-dollar-llm MoE decoder: RoPE attention + top-2 of 8 SwiGLU experts, Switch balancing loss",
                 family="attention")
+MODELS.register("trm-titans-mag", "baselines.trm_titans_mag:build", aliases=("trm-mag", "trm-titans"),
+                summary="Titans-MAG backbone (SWA + decaying memory, gated) feeding a TRM recursive loop with ACT",
+                family="hybrid")
