@@ -9,7 +9,7 @@ Backbone, `n_layers` MAG blocks (pre-norm, h = RMSNorm(x)):
     m_t = a * m_{t-1} + (1 - a) * W_down h_t,   M_t = W_up m_t
                                          long-term memory: exponential decay, a in (0,1) learned per channel,
                                          factorised d -> d/2 -> d; computed for all t at once by a parallel scan
-    g   = sigmoid(MLP([y, M]))           learned per-channel gate (Titans eq. 28 uses a fixed product instead)
+    g   = sigmoid(MLP([y, M]))           learned per-channel gate: the seed's form of Titans' gating o = y (x) M(x)
     x  += g * y + (1 - g) * M;   x += SwiGLU(RMSNorm(x))
 The seed walks m_t one step at a time and detaches it every step, which cuts all gradient through time; here
 gradients flow through the whole scan within a sequence and only the streaming state crossing segments is detached.
@@ -21,7 +21,7 @@ TRM loop on the backbone features F (one tiny network, shared across all steps, 
         repeat n_micro_steps times:                 (2)
             z <- z + CrossAttn(RMSNorm(z + y), F);  z <- z + SwiGLU(RMSNorm(z))      refine the latent
         y_i = y + SwiGLU_u(RMSNorm(y + z))          update the answer
-        y, z <- detach(y_i), detach(z)              no gradient between iterations (TRM section 2)
+        y, z <- detach(y_i), detach(z)              no gradient between iterations (TRM deep supervision)
     logits = LM_head(RMSNorm(y_n))
 The cross-attention is causal and windowed: position t attends F at positions t-w+1..t (w = the backbone window),
 so causality holds and the streaming state stays bounded. F itself is not detached (the seed detaches it after the
@@ -227,7 +227,7 @@ class RecursiveReasoner(nn.Module):
             y = y + self.update_mlp(self.update_norm(y + z))
             answers.append(y)
             latents.append(z)
-            y, z = y.detach(), z.detach()  # TRM: each iteration is trained on its own (one-step gradient)
+            y, z = y.detach(), z.detach()  # TRM deep supervision: each iteration starts from detached states
         return answers, latents, new_state
 
 
@@ -269,21 +269,24 @@ class TRMTitansMAG(LMAdapter):
         answers, latents, cross_state = self.reasoner(self.feature_norm(x), None if state is None else state["cross"])
         return answers, latents, torch.stack(gate_terms).mean(), {"blocks": block_states, "cross": cross_state}
 
-    def _halting_loss(self, latents, step_logits, right_answer, valid=None):
-        """BCE of the halting head q_i = sigmoid(w . z_i) towards 'argmax of step i's logits equals right_answer'."""
+    def _halting_loss(self, latents, predictions, right_answer, valid=None):
+        """BCE of the halting head q_i = sigmoid(w . z_i) towards 'step i's prediction equals right_answer'."""
         losses = []
-        for z, logits in zip(latents, step_logits):
-            correct = (logits.argmax(dim=-1) == right_answer).to(z.dtype)
+        for z, predicted in zip(latents, predictions):
+            correct = (predicted == right_answer).to(z.dtype)
             bce = F.binary_cross_entropy_with_logits(self.halt(z).squeeze(-1), correct, reduction="none")
             losses.append(bce.mean() if valid is None else bce[valid].mean())
         return torch.stack(losses).mean()
 
     def forward_with_state(self, input_ids, state):
         answers, latents, gate_term, new_state = self._run(input_ids, state)
-        step_logits = [self.lm_head(self.norm(y)) for y in answers]
-        halting = self._halting_loss(latents, step_logits, step_logits[-1].argmax(dim=-1))
+        logits = self.lm_head(self.norm(answers[-1]))
+        with torch.no_grad():  # the intermediate answers only give the halting targets: no graph, one at a time
+            predictions = [self.lm_head(self.norm(y)).argmax(dim=-1) for y in answers[:-1]]
+        final = logits.argmax(dim=-1)
+        halting = self._halting_loss(latents, predictions + [final], final)
         aux = self.config.gate_entropy_weight * gate_term + self.config.act_weight * halting
-        return step_logits[-1], aux, new_state
+        return logits, aux, new_state
 
     def training_loss(self, input_ids: torch.Tensor, targets: torch.Tensor):
         """(deep-supervision loss, aux): weighted mean of CE(LM_head(y_i), targets) over y_0..y_n (targets -100 are
@@ -295,7 +298,7 @@ class TRMTitansMAG(LMAdapter):
               for l in step_logits]
         loss = sum(w * c for w, c in zip(weights, ce)) / sum(weights)
         valid = targets != -100
-        halting = self._halting_loss(latents, step_logits, targets, valid)
+        halting = self._halting_loss(latents, [l.argmax(dim=-1) for l in step_logits], targets, valid)
         aux = self.config.gate_entropy_weight * gate_term + self.config.act_weight * halting
         return loss, aux
 

@@ -58,10 +58,10 @@ def test_causal():
         assert (logits2[:, j] - logits[:, j]).abs().max() > 1e-8
 
 
-@pytest.mark.parametrize("segment", [1, 5, 13])
-def test_streaming_equals_one_call(segment):
+@pytest.mark.parametrize("segment,length", [(1, 12), (5, 29), (13, 29)])
+def test_streaming_equals_one_call(segment, length):
     model = _tiny()
-    ids = torch.randint(0, 48, (2, 29))  # longer than the window (8): windows and memory must carry over
+    ids = torch.randint(0, 48, (2, length))  # longer than the window (8): windows and memory must carry over
     full, _ = model(ids)
     state, parts = None, []
     for piece in ids.split(segment, dim=1):
@@ -145,3 +145,17 @@ def test_sliding_window_attention_streams_segments_shorter_than_the_window(segme
         y, state = attn(piece, state)
         parts.append(y)
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-12)
+
+
+def test_halting_loss_targets_whether_each_step_is_right():
+    model = _tiny()
+    latents = [torch.randn(1, 4, 32, dtype=torch.float64) for _ in range(4)]
+    torch.nn.init.zeros_(model.halt.weight)
+    torch.nn.init.constant_(model.halt.bias, 20.0)  # q_i ~ 1: "halt, the answer is right"
+    answer = torch.tensor([[1, 2, 3, 4]])
+    right = model._halting_loss(latents, [answer] * 4, answer)
+    wrong = model._halting_loss(latents, [answer + 1] * 4, answer)
+    assert right.item() < 1e-8 and wrong.item() == pytest.approx(20.0, rel=1e-6)
+    masked = model._halting_loss(latents, [answer + torch.tensor([[1, 1, 0, 0]])] * 4, answer,
+                                 valid=torch.tensor([[False, False, True, True]]))
+    assert masked.item() < 1e-8  # ignored positions (target -100) do not count
