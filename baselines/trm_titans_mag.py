@@ -124,8 +124,10 @@ class LongTermMemory(nn.Module):
         self.decay_logit = nn.Parameter(torch.logit(1 - 1 / timescale))
 
     def forward(self, h: torch.Tensor, m0: torch.Tensor | None):
-        m = decaying_memory(self.down(h), torch.sigmoid(self.decay_logit).to(h.dtype), m0)
-        return self.up(m), m[:, -1]
+        # The scan runs in float32 even under bf16: a decay like 0.998 is 1.0 in bfloat16, which would freeze m.
+        compressed = _at_least_fp32(self.down(h))
+        m = decaying_memory(compressed, torch.sigmoid(self.decay_logit).to(compressed.dtype), m0)
+        return self.up(m.to(h.dtype)), m[:, -1]
 
 
 class MAGGate(nn.Module):
