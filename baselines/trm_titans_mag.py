@@ -74,10 +74,10 @@ class TRMTitansMAGConfig:
 
 # Matched to Transformer++ at vocab 256 (tiny ~1.12M, small ~50.7M, medium ~370M, large ~756M total parameters).
 FLAVORS = {
-    "tiny": TRMTitansMAGConfig(d_model=128, n_layers=3, n_heads=4, window=64, n_persistent=4),
-    "small": TRMTitansMAGConfig(d_model=512, n_layers=12, n_heads=8, window=256, n_persistent=8),
-    "medium": TRMTitansMAGConfig(d_model=1024, n_layers=23, n_heads=16, window=512, n_persistent=16),
-    "large": TRMTitansMAGConfig(d_model=1536, n_layers=21, n_heads=16, window=512, n_persistent=16),
+    "tiny": TRMTitansMAGConfig(d_model=128, n_layers=3, n_heads=4, window=64, n_persistent=4),  # 1.13M
+    "small": TRMTitansMAGConfig(d_model=512, n_layers=12, n_heads=8, window=256, n_persistent=8),  # 51.8M
+    "medium": TRMTitansMAGConfig(d_model=1024, n_layers=23, n_heads=16, window=512, n_persistent=16),  # 375M
+    "large": TRMTitansMAGConfig(d_model=1536, n_layers=21, n_heads=16, window=512, n_persistent=16),  # 771M
 }
 
 
