@@ -4,3 +4,9 @@ from harness.registry import MODELS
 
 MODELS.register("transformer-pp", "baselines.transformer_pp:build", aliases=("transformer++", "tpp", "transformer"),
                 summary="Transformer++ (RoPE, RMSNorm, SwiGLU) on x-transformers", family="attention")
+MODELS.register("moe", "baselines.moe:build", aliases=("mixture-of-experts", "moe-baseline"),
+                summary="5-dollar-llm MoE decoder: RoPE attention + top-2 of 8 SwiGLU experts, Switch balancing loss",
+                family="attention")
+MODELS.register("trm-titans-mag", "baselines.trm_titans_mag:build", aliases=("trm-mag", "trm-titans"),
+                summary="Titans-MAG backbone (SWA + decaying memory, gated) feeding a TRM recursive loop with ACT",
+                family="hybrid")
