@@ -47,9 +47,11 @@ def ls_command(what):
         click.echo(f"{entry.name:<16} {entry.summary}{aliases}")
 
 
-def _run_options(f):
+def _run_options(f=None, *, model_required: bool = True):
+    if f is None:
+        return lambda g: _run_options(g, model_required=model_required)
     options = [
-        click.option("--model", required=True, help="registered model name (harness ls models)"),
+        click.option("--model", required=model_required, help="registered model name (harness ls models)"),
         click.option("--task", required=True, help="registered task name (harness ls tasks)"),
         click.option("--preset", default="tiny", show_default=True, help="scale: model flavor + training budget"),
         click.option("--optimizer", default="adamw", show_default=True),
@@ -105,6 +107,45 @@ def eval_command(**opts):
 
     record, path = run(config_from_options(opts))
     print_run(record, path)
+
+
+def _ab_command(kind: str):
+    side = "model" if kind == "arch" else "optimizer"
+
+    @click.option("--a", "name_a", required=True, help=f"the A {side}")
+    @click.option("--b", "name_b", required=True, help=f"the B {side}")
+    @click.option("--seeds", default=3, show_default=True, type=int, help="paired seeds 0..N-1")
+    @click.option("--a-arg", multiple=True, help=f"KEY=VALUE {side} setting for A only")
+    @click.option("--b-arg", multiple=True, help=f"KEY=VALUE {side} setting for B only")
+    @_run_options(model_required=kind != "arch")
+    def command(name_a, name_b, seeds, a_arg, b_arg, **opts):
+        if kind == "arch" and opts["model"]:
+            raise UsageFailure("harness ab arch takes the two models as --a and --b, not --model")
+        from harness.experiments import run_ab
+        from harness.results import atomic_write_bytes_text
+
+        base = config_from_options({**opts, side: name_a})
+        report, table, verdict, plot, paths = run_ab(
+            kind, name_a, name_b, base, list(range(seeds)), _key_values(a_arg, "--a-arg"),
+            _key_values(b_arg, "--b-arg"))
+        click.echo("\n" + table + "\n\n" + verdict)
+        out = atomic_write_bytes_text(plot.with_suffix(".md"), table + "\n\n" + verdict + "\n")
+        click.echo(f"loss curves -> {plot}\nreport -> {out}\nrun records -> {paths[0].parent} ({len(paths)} runs)")
+
+    return command
+
+
+@cli.group("ab")
+def ab_group():
+    """A/B experiments: everything held constant but the architecture (arch) or the optimizer (optimizer)."""
+
+
+_arch = _ab_command("arch")
+_arch.__doc__ = "A/B of two architectures (--a, --b) with the same task, optimizer, data order and budget."
+ab_group.command("arch")(_arch)
+_opt = _ab_command("optimizer")
+_opt.__doc__ = "A/B of two optimizers (--a, --b) on the same model (--model), task, data order and budget."
+ab_group.command("optimizer")(_opt)
 
 
 @cli.command("leaderboard")

@@ -68,6 +68,11 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def atomic_write_bytes_text(path: str | os.PathLike, text: str) -> Path:
+    atomic_write_bytes(path, text.encode())
+    return Path(path)
+
+
 def record_filename(record: dict) -> str:
     stamp = record["created"].replace(":", "").replace("-", "")
     parts = [stamp, record["model"], record["preset"], record["task"], f"s{record['seed']}", record["run_id"][:8]]
