@@ -1,12 +1,14 @@
-"""The Gated DeltaNet token mixer (Yang, Kautz & Hatamizadeh 2024, arXiv:2412.06464, Section 3.2 and Figure 1),
+"""The Gated DeltaNet token mixer (Yang, Kautz & Hatamizadeh 2024, arXiv:2412.06464, Section 3.4 and Figure 1 right),
 laid out like flash-linear-attention's `GatedDeltaNet` layer:
 
     q, k, v = SiLU(ShortConv(W_q x)), SiLU(ShortConv(W_k x)), SiLU(ShortConv(W_v x))
     q, k    = L2Norm(q), L2Norm(k)                                   (per head)
     alpha_t = exp(g_t),  g_t = -exp(A_log) * softplus(W_a x_t + dt_bias)   (Mamba-2 style decay, in (0, 1))
     beta_t  = sigmoid(W_b x_t)                                       (writing strength, in (0, 1))
-    o       = gated_delta_rule(q, k, v, alpha, beta)                 (see ops.py)
+    o       = gated_delta_rule(q, k, v, alpha, beta)                 (Eq. 10, see ops.py)
     y       = W_o (RMSNorm(o) * SiLU(W_g x))                         (per-head norm, output gate)
+
+The shared CausalDepthwiseConv has a bias (fla's short conv has none by default): a few extra parameters.
 
 Streaming state: (conv_state [B, conv_size - 1, channels] of the short conv, recurrent_state [B, H, K, V]).
 """

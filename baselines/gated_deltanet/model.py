@@ -8,6 +8,7 @@ streams exactly ("state") with memory that does not grow with the stream length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,9 @@ class GatedDeltaNetLM(LMAdapter):
         for module in self.modules():  # A_log / dt_bias keep the mixer's own init
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=config.init_std)
+        for block in self.blocks:  # GPT-2 / fla: residual-branch outputs scaled by 1/sqrt(2 * depth)
+            for weight in (block.mixer.o_proj.weight, block.mlp.down.weight):
+                weight.data.div_(math.sqrt(2 * config.depth))
 
     def forward_with_state(self, input_ids, state):
         """state: None, or a tuple with one (conv_state, recurrent_state [B, H, K, V]) per block. The returned

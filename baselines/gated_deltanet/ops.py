@@ -1,5 +1,6 @@
 """The gated delta rule (Yang, Kautz & Hatamizadeh 2024, "Gated Delta Networks: Improving Mamba2 with Delta Rule",
-arXiv:2412.06464, Section 3.1), in the state layout of flash-linear-attention (fla): S_t is [K, V] per head and
+arXiv:2412.06464, Section 3.1, Eq. 10), in the state layout of flash-linear-attention (fla): S_t is [K, V] per head
+and
 
     S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,        o_t = S_t^T (scale * q_t)
 
@@ -7,9 +8,9 @@ arXiv:2412.06464, Section 3.1), in the state layout of flash-linear-attention (f
 alpha_t = exp(g_t) is passed in log space as g_t <= 0, beta_t in (0, 1).
 
 - `naive_recurrent_gated_delta_rule`: the token-by-token recurrence above, literally (the reference).
-- `chunk_gated_delta_rule_torch`: the chunkwise-parallel form (Section 3.3, the WY representation extended with
-  decay): inside a chunk of C tokens the per-token corrections u are the solution of one unit-lower-triangular
-  system, so the only sequential work is one state update per chunk. Pure PyTorch, runs on the CPU. The
+- `chunk_gated_delta_rule_torch`: the chunkwise-parallel form (Section 3.3: DeltaNet's WY/UT-transform chunk
+  algorithm, Eqs. 3-9, extended with the decay products gamma): inside a chunk of C tokens the per-token
+  corrections u solve one unit-lower-triangular system, so the only sequential work is one state update per chunk. Pure PyTorch, runs on the CPU. The
   formulation follows fla's `chunk_gated_delta_rule` and transformers' Qwen3-Next `torch_chunk_gated_delta_rule`.
 - `chunk_gated_delta_rule`: uses fla's Triton kernel when fla is importable and the tensors are on CUDA, else the
   PyTorch version. Both take and return the same tensors, so the caller never needs to know which one ran.
@@ -106,7 +107,8 @@ def chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=None, initial_state=Non
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                            chunk_size=64):
     """fla's kernel on CUDA when installed, else `chunk_gated_delta_rule_torch`. Output in q's dtype, final state
-    in float32 (or float64)."""
+    in float32 (or float64). Some older fla releases refuse float32 inputs: run the CUDA model under bf16 autocast
+    (or uninstall fla) in that case."""
     if _fla_chunk_gated_delta_rule is not None and q.is_cuda:
         o, state = _fla_chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                                output_final_state=output_final_state)
