@@ -50,7 +50,8 @@ class Mamba2LMConfig:
 # Sized to Transformer++'s parameter counts at vocab 256 (same width, about twice the blocks, as in the paper's
 # 130M/370M/780M models where a Mamba-2 block has ~6 d^2 parameters against ~12 d^2 per Transformer layer).
 FLAVORS = {
-    "tiny": Mamba2LMConfig(dim=128, depth=9, num_heads=8, head_dim=32, state_size=64),  # ~1.13M
+    # tiny trains on the CPU at seq 128: chunks of 64 waste less on padding there (~3.5x faster than 256)
+    "tiny": Mamba2LMConfig(dim=128, depth=9, num_heads=8, head_dim=32, state_size=64, chunk_size=64),  # ~1.13M
     "small": Mamba2LMConfig(dim=512, depth=29, num_heads=16, head_dim=64, state_size=128),  # ~50.1M
     "medium": Mamba2LMConfig(dim=1024, depth=56, num_heads=32, head_dim=64, state_size=128),  # ~370M
     "large": Mamba2LMConfig(dim=1536, depth=52, num_heads=48, head_dim=64, state_size=128),  # ~762M

@@ -46,6 +46,14 @@ def test_chunked_scan_matches_token_by_token_recurrence():
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-4)
 
 
+def test_result_does_not_depend_on_chunk_size():
+    ids = torch.randint(0, 256, (1, 50), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        a, _ = tiny_model(chunk_size=8)(ids)
+        b, _ = tiny_model(chunk_size=256)(ids)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
 def test_state_is_not_modified_by_continuing():
     model = tiny_model()
     ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(3))
