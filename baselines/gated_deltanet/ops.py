@@ -113,5 +113,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
         o, state = _fla_chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                                output_final_state=output_final_state)
         return o, state
-    o, state = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
+    # Under mixed precision the recurrence still runs in float32: autocast would otherwise run its matmuls in
+    # bf16/fp16, and rounding errors compound through the chunk-to-chunk state hand-over.
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        o, state = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                chunk_size)
     return o.to(q.dtype), state
