@@ -42,13 +42,13 @@ class Mamba2LMConfig:
     state_size: int = 64  # SSM state size per head (N in the paper)
     n_groups: int = 1  # B/C groups shared by heads (like GQA); must divide num_heads
     conv_kernel: int = 4  # width of the short causal depthwise conv before the SSM
-    chunk_size: int = 256  # SSD chunk length (the CPU path's block size; the result does not depend on it)
+    chunk_size: int = 256  # SSD chunk length: speed only, the result does not depend on it (tested)
     norm_eps: float = 1e-5  # RMSNorm epsilon
     init_std: float = 0.02  # std of the normal init of embeddings and in_proj (transformers' initializer_range)
 
 
-# Sized to Transformer++'s parameter counts at vocab 256 (same width, about twice the blocks, as in the paper's
-# 130M/370M/780M models where a Mamba-2 block has ~6 d^2 parameters against ~12 d^2 per Transformer layer).
+# Sized to Transformer++'s parameter counts at vocab 256: same width, ~2.5x the blocks, since a Mamba-2 block has
+# ~6 d^2 parameters (in_proj 5 d^2 + out_proj d^2 at expand 2) against ~16 d^2 per Transformer++ layer here.
 FLAVORS = {
     # tiny trains on the CPU at seq 128: chunks of 64 waste less on padding there (~3.5x faster than 256)
     "tiny": Mamba2LMConfig(dim=128, depth=9, num_heads=8, head_dim=32, state_size=64, chunk_size=64),  # ~1.13M
