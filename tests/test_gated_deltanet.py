@@ -73,6 +73,19 @@ def test_float32_chunked_close_to_float64_recurrence():
     torch.testing.assert_close(s.double(), s_ref, rtol=0, atol=1e-4)
 
 
+def test_fla_kernel_is_only_used_on_cuda(monkeypatch):
+    import baselines.gated_deltanet.ops as ops
+
+    def fla_stand_in(*args, **kwargs):
+        raise AssertionError("fla's kernel must not be called on CPU tensors")
+
+    monkeypatch.setattr(ops, "_fla_chunk_gated_delta_rule", fla_stand_in)
+    q, k, v, g, beta, S0 = random_inputs(T=10)
+    o, _ = ops.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=S0)
+    o_ref, _ = naive_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=S0)
+    torch.testing.assert_close(o, o_ref, rtol=0, atol=1e-10)
+
+
 @pytest.mark.slow  # importing the Qwen3-Next module takes ~10 s
 @pytest.mark.skipif(importlib.util.find_spec("fla") is not None,
                     reason="with fla installed transformers' function is fla's GPU kernel, not its PyTorch code")
