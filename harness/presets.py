@@ -34,8 +34,9 @@ class TrainingPreset:
         return asdict(self)
 
 
-TINY = TrainingPreset("tiny", "~1M", steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=60,
-                      eval_every=200, eval_batches=4, eval_limit=131072, checkpoint_every=200)
+# tiny: a CPU-scale smoke budget (~614k tokens) that finishes in minutes on 2 cores.
+TINY = TrainingPreset("tiny", "~1M", steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30,
+                      eval_every=100, eval_batches=4, eval_limit=65536, checkpoint_every=100)
 SMALL = TrainingPreset("small", "~50M", steps=20000, batch_size=32, seq_len=512, lr=1e-3, warmup_steps=1000,
                        eval_every=1000, eval_batches=32, checkpoint_every=1000)
 MEDIUM = TrainingPreset("medium", "~360M", steps=50000, batch_size=64, seq_len=1024, lr=6e-4, warmup_steps=2000,
