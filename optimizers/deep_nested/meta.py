@@ -52,8 +52,8 @@ def unrolled_validation_loss(opt, train_batches, val_batch, second_order: bool =
         grads = torch.autograd.grad(loss, inputs, create_graph=second_order, allow_unused=True)
         live = [j for j, g in enumerate(grads) if g is not None]
         clipped = clip_by_global_norm([grads[j] for j in live], opt.grad_clip)
-        stats = opt.group_stats([entries[j][0] for j in live], [g.detach() for g in clipped],
-                                [theta[j].detach() for j in live], ratio, loss.item())
+        # Statistics stay differentiable: with meta_order=2 they depend on phi through theta and the gradients.
+        stats = opt.group_stats([entries[j][0] for j in live], clipped, [theta[j] for j in live], ratio, loss)
         mults = opt.controller(stats)
         new_theta = list(theta)
         for j, g in zip(live, clipped):
@@ -62,8 +62,8 @@ def unrolled_validation_loss(opt, train_batches, val_batch, second_order: bool =
             direction = opt.momentum_net(features)
             new_theta[j] = apply_update(theta[j], direction, group["lr"], mults[entries[j][0]],
                                         group["weight_decay"])
-        ratio = opt.update_ratios([entries[j][0] for j in live], [theta[j].detach() for j in live],
-                                  [new_theta[j].detach() for j in live], ratio)
+        ratio = opt.update_ratios([entries[j][0] for j in live], [theta[j] for j in live],
+                                  [new_theta[j] for j in live], ratio)
         theta = new_theta
     return loss_at(theta, val_batch)
 

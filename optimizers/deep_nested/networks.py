@@ -42,13 +42,19 @@ class LRController(nn.Module):
 
     def forward(self, stats: torch.Tensor) -> torch.Tensor:
         """stats [n_groups, N_STATS] -> multipliers [n_groups]."""
-        x = torch.cat([stats, torch.eye(self.n_groups, device=stats.device, dtype=stats.dtype)], dim=1)
+        dtype = self.mlp[0].weight.dtype
+        x = torch.cat([stats.to(dtype), torch.eye(self.n_groups, device=stats.device, dtype=dtype)], dim=1)
         return self.max_mult ** torch.tanh(self.mlp(x).squeeze(-1))
 
 
 def group_stats(grad_norm: torch.Tensor, param_norm: torch.Tensor, update_ratio: torch.Tensor,
-                loss: float | None) -> torch.Tensor:
-    """[n_groups] norms -> [n_groups, 4] controller inputs (logs, so scale-free; loss 0 when unknown)."""
-    log_loss = torch.full_like(grad_norm, 0.0 if loss is None else float(torch.tensor(max(loss, 1e-8)).log()))
+                loss) -> torch.Tensor:
+    """[n_groups] norms -> [n_groups, 4] controller inputs (logs, so scale-free). `loss`: a float, a scalar
+    tensor (differentiable in the unroll) or None (unknown: 0)."""
+    if loss is None:
+        log_loss = torch.zeros_like(grad_norm)
+    else:
+        loss = torch.as_tensor(loss, dtype=grad_norm.dtype, device=grad_norm.device)
+        log_loss = loss.clamp_min(1e-8).log().expand_as(grad_norm)
     return torch.stack([(grad_norm + 1e-12).log(), (param_norm + 1e-12).log(), (update_ratio + 1e-12).log(),
                         log_loss], dim=1) / 10.0

@@ -59,22 +59,18 @@ class DeepNestedOptimizer(torch.optim.Optimizer):
 
     def group_stats(self, group_ids, grads, params, update_ratio, loss) -> torch.Tensor:
         n = len(self.param_groups)
-        device = self.update_ratio.device
-        gsq, psq = torch.zeros(n, device=device), torch.zeros(n, device=device)
-        for gi, g, p in zip(group_ids, grads, params):
-            gsq[gi] += g.float().pow(2).sum()
-            psq[gi] += p.float().pow(2).sum()
-        return group_stats(gsq.sqrt(), psq.sqrt(), update_ratio, loss)
+        grad_norm = _group_sums(group_ids, [g * g for g in grads], n).sqrt()
+        param_norm = _group_sums(group_ids, [p * p for p in params], n).sqrt()
+        return group_stats(grad_norm, param_norm, update_ratio.to(grad_norm.dtype), loss)
 
     def update_ratios(self, group_ids, old, new, previous) -> torch.Tensor:
+        """Per group ||new - old|| / ||old||; groups without entries keep their previous ratio."""
         n = len(self.param_groups)
-        dsq, psq = torch.zeros(n, device=previous.device), torch.zeros(n, device=previous.device)
-        for gi, a, b in zip(group_ids, old, new):
-            dsq[gi] += (b - a).float().pow(2).sum()
-            psq[gi] += a.float().pow(2).sum()
+        delta = _group_sums(group_ids, [(b - a) ** 2 for a, b in zip(old, new)], n).sqrt()
+        norm = _group_sums(group_ids, [a * a for a in old], n).sqrt()
         seen = torch.zeros(n, dtype=torch.bool, device=previous.device)
         seen[list(set(group_ids))] = True
-        return torch.where(seen, dsq.sqrt() / (psq.sqrt() + 1e-12), previous)
+        return torch.where(seen, delta / (norm + 1e-12), previous.to(delta.dtype))
 
     # -- the runner's hooks -----------------------------------------------------------------------------------
     def observe_loss(self, value: float) -> None:
@@ -216,3 +212,13 @@ class DeepNestedOptimizer(torch.optim.Optimizer):
             self._pending = {"groups": pending["groups"], "params": [params[i] for i in pending["index"]],
                              "features": [f.to(device) for f in pending["features"]],
                              "stats": pending["stats"].to(device)}
+
+
+def _group_sums(group_ids, tensors, n_groups) -> torch.Tensor:
+    """[n_groups] sums of the tensors' elements by group, in at least float32 (float64 stays float64)."""
+    sums = [None] * n_groups
+    for gi, t in zip(group_ids, tensors):
+        total = t.sum(dtype=torch.promote_types(t.dtype, torch.float32))
+        sums[gi] = total if sums[gi] is None else sums[gi] + total
+    template = next(x for x in sums if x is not None)
+    return torch.stack([x if x is not None else torch.zeros_like(template) for x in sums])
