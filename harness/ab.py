@@ -115,6 +115,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     mean = math.fsum(values) / n
     if n < 2:
         return Estimate(mean, math.nan, n)
+    if min(values) == max(values):  # no spread (avoid a rounding-noise interval like 1e-17)
+        return Estimate(float(values[0]), 0.0, n)
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     return Estimate(mean, t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n), n)
 
@@ -169,6 +171,46 @@ def metric_value(record: dict, key: str) -> float | None:
     elif value is not None and not isinstance(value, (int, float)):
         value = getattr(value, "value", None)
     return None if value is None else float(value)
+
+
+def from_run_record(record: dict) -> dict:
+    """The runner's run record (harness/runner.py) -> an A/B record: validation loss = the last periodic
+    validation loss, perplexity = exp(validation loss) per token, aux loss = the last training step's, training
+    time, peak memory, and every task metric under its own name (e.g. bpb, accuracy); curve = training CE."""
+    training = record.get("training") or {}
+    metrics: dict = {}
+    val_curve = training.get("val_curve") or []
+    if val_curve:
+        metrics["val_loss"] = float(val_curve[-1][1])
+        metrics["perplexity"] = math.exp(min(metrics["val_loss"], 700.0))
+    curve = training.get("curve") or []
+    if curve and len(curve[-1]) > 2:
+        metrics["aux_loss"] = float(curve[-1][2])
+    if training.get("train_time_s") is not None:
+        metrics["train_time_s"] = float(training["train_time_s"])
+    if record.get("peak_memory_mb") is not None:
+        metrics["peak_memory_mb"] = float(record["peak_memory_mb"])
+    task_metrics = record.get("metrics") or {}
+    if "accuracy" in task_metrics:
+        metrics["val_accuracy"] = metric_value(record, "accuracy")
+    for name in task_metrics:
+        metrics.setdefault(f"task:{name}", metric_value(record, name))
+    return {"seed": record.get("seed"), "metrics": metrics, "curve": [(int(r[0]), float(r[1])) for r in curve]}
+
+
+def task_metric_specs(run_records: Sequence[dict]) -> tuple[MetricSpec, ...]:
+    """DEFAULT_METRICS plus one row per task metric found in the runner's records, in its own direction."""
+    specs, seen = list(DEFAULT_METRICS), set()
+    for record in run_records:
+        for name, value in (record.get("metrics") or {}).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            higher = value.get("higher_is_better") if isinstance(value, dict) else getattr(value, "higher_is_better",
+                                                                                           None)
+            specs.append(MetricSpec(f"task:{name}", f"{name} (task)", None if higher is None else
+                                    ("higher" if higher else "lower")))
+    return tuple(specs)
 
 
 def pair_by_seed(records_a: Sequence[dict], records_b: Sequence[dict]) -> list[tuple[int, dict, dict]]:

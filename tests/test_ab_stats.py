@@ -156,3 +156,23 @@ def test_real_ab_handicapped_b_loses_and_self_comparison_ties():
         torch.set_num_threads(previous)
     assert verdict_line(compare(a, b, "adamw", "adamw-lr0")).startswith("Verdict: A (adamw) is better")
     assert "no significant difference" in verdict_line(compare(a, again, "adamw", "adamw"))
+
+
+def test_runner_records_are_translated():
+    from harness.ab import from_run_record, task_metric_specs
+
+    def run_record(seed, bpb, val):
+        return {"seed": seed, "peak_memory_mb": 120.0, "metrics": {"bpb": {"value": bpb, "stderr": 0.01, "n": 100,
+                                                                           "higher_is_better": False}},
+                "training": {"train_time_s": 10.0 + seed, "curve": [[1, 5.0, 0.0], [2, 4.0, 0.02]],
+                             "val_curve": [[1, val + 1.0], [2, val]]}}
+
+    a = [run_record(s, 1.2 + 0.01 * s, 2.0 + 0.01 * s) for s in range(3)]
+    b = [run_record(s, 1.5 + 0.01 * s, 2.4 + 0.02 * s) for s in range(3)]
+    flat = from_run_record(a[0])
+    assert flat["metrics"]["val_loss"] == 2.0 and flat["metrics"]["perplexity"] == pytest.approx(math.exp(2.0))
+    assert flat["metrics"]["aux_loss"] == 0.02 and flat["curve"] == [(1, 5.0), (2, 4.0)]
+    report = compare([from_run_record(r) for r in a], [from_run_record(r) for r in b],
+                     metrics=task_metric_specs(a + b))
+    winners = {row.spec.key: row.winner for row in report.rows}
+    assert winners["task:bpb"] == "A" and winners["val_loss"] == "A"
