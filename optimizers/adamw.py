@@ -1,25 +1,34 @@
-"""AdamW, the default optimizer: weight decay on matrices only (not on embeddings, norms or biases)."""
+"""AdamW (Loshchilov & Hutter 2019), the default optimizer: decoupled weight decay on weight matrices (hidden,
+head, router), none on embeddings, norms and biases; roles come from `optimizers.param_groups`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from optimizers.options import check_positive, parse_options
+from optimizers.param_groups import gets_weight_decay, param_roles
+
+DEFAULTS = {"lr": None, "weight_decay": None, "betas": (0.9, 0.95), "eps": 1e-8}
+
 
 def decay_and_no_decay(model: nn.Module) -> tuple[list, list]:
+    params = dict(model.named_parameters())
     decay, no_decay = [], []
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and id(p) not in embedding_params else no_decay).append(p)
+    for name, role in param_roles(model).items():
+        p = params[name]
+        (decay if gets_weight_decay(role, p.dim()) else no_decay).append(p)
     return decay, no_decay
 
 
-def build(model: nn.Module, preset, lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8, **_ignored):
-    lr = float(lr if lr is not None else preset.lr)
+def build(model: nn.Module, preset, loss_fn=None, **options) -> torch.optim.Optimizer:
+    """Options: lr (default preset.lr), weight_decay (default preset.weight_decay), betas "0.9,0.95", eps."""
+    o = parse_options("adamw", options, DEFAULTS)
+    lr = float(o["lr"] if o["lr"] is not None else preset.lr)
+    wd = float(o["weight_decay"] if o["weight_decay"] is not None else preset.weight_decay)
+    check_positive("adamw", lr=lr, weight_decay=wd, eps=o["eps"])
     decay, no_decay = decay_and_no_decay(model)
-    groups = [{"params": decay, "weight_decay": preset.weight_decay, "name": "decay"},
+    groups = [{"params": decay, "weight_decay": wd, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps,
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(o["betas"]), eps=o["eps"],
                              foreach=True)
