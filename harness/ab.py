@@ -175,7 +175,8 @@ def metric_value(record: dict, key: str) -> float | None:
 
 def from_run_record(record: dict) -> dict:
     """The runner's run record (harness/runner.py) -> an A/B record: validation loss = the last periodic
-    validation loss, perplexity = exp(validation loss) per token, aux loss = the last training step's, training
+    validation loss, validation accuracy = next-token accuracy on the same batches, perplexity = exp(validation
+    loss) per token, aux loss = the last training step's, training
     time, peak memory, and every task metric under its own name (e.g. bpb, accuracy); curve = training CE."""
     training = record.get("training") or {}
     metrics: dict = {}
@@ -191,8 +192,8 @@ def from_run_record(record: dict) -> dict:
     if record.get("peak_memory_mb") is not None:
         metrics["peak_memory_mb"] = float(record["peak_memory_mb"])
     task_metrics = record.get("metrics") or {}
-    if "accuracy" in task_metrics:
-        metrics["val_accuracy"] = metric_value(record, "accuracy")
+    if training.get("final_val_accuracy") is not None:  # next-token accuracy on the fixed validation batches
+        metrics["val_accuracy"] = float(training["final_val_accuracy"])
     for name in task_metrics:
         metrics.setdefault(f"task:{name}", metric_value(record, name))
     return {"seed": record.get("seed"), "metrics": metrics, "curve": [(int(r[0]), float(r[1])) for r in curve]}
