@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import math
-import resource
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from harness import leaderboard
 from harness.adapter import build_model
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.errors import HarnessError, TrainingDiverged
+from harness.memory import PeakMemory
 from harness.registry import MODELS, OPTIMIZERS, PRESETS, TASKS
 from harness.results import environment, git_info, package_versions, results_root, utc_now, write_record
 
@@ -99,12 +99,6 @@ def run_key(cfg: RunConfig, budget, task_info: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB: process peak RSS
-
-
 @torch.no_grad()
 def validation_metrics(model, task, budget, device, autocast) -> tuple[float, float]:
     """(cross-entropy per target token, next-token accuracy) of the model's own predictions on the fixed
@@ -126,6 +120,18 @@ def validation_metrics(model, task, budget, device, autocast) -> tuple[float, fl
 
 def run(cfg: RunConfig) -> tuple[dict, Path]:
     """Train (or load) and score one model on one task; returns the record and where it was written."""
+    with PeakMemory(resolve_device(cfg.device)) as peak:
+        record = _train_and_score(cfg)
+    record["peak_memory_mb"] = round(peak.megabytes, 1)
+    record["peak_memory_kind"] = "cuda max allocated" if peak.device.type == "cuda" else "sampled process RSS"
+    root = results_root(cfg.output_path)
+    path = write_record(record, root)
+    if cfg.update_leaderboard:
+        leaderboard.rebuild(root)
+    return record, path
+
+
+def _train_and_score(cfg: RunConfig) -> dict:
     wall_start = time.perf_counter()
     # Resolve every name first, so a typo fails before any data is read.
     model_name, task_name = MODELS.resolve(cfg.model).name, TASKS.resolve(cfg.task).name
@@ -270,7 +276,7 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
                      "final_val_accuracy": history["val"][-1][2] if history["val"] else None,
                      "curve": history["train"], "val_curve": history["val"]},
         "eval": {"limit": limit, "seq_len": budget.seq_len, "time_s": round(eval_time, 3)},
-        "wall_time_s": round(time.perf_counter() - wall_start, 3), "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "wall_time_s": round(time.perf_counter() - wall_start, 3),
         "model_info": model.describe(), "model_args": cfg.model_args, "task_args": cfg.task_args,
         "task_info": task_info, "checkpoint": str(cfg.checkpoint or ckpt_path) if (steps or cfg.checkpoint) else None,
         "versions": package_versions(), "git": git_info(), "environment": environment(device), "notes": notes,
@@ -279,7 +285,4 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
         record["optimizer_report"] = optimizer.report()
     if hasattr(task, "artifacts"):
         record["artifacts"] = [str(p) for p in task.artifacts(record, root)]
-    path = write_record(record, root)
-    if cfg.update_leaderboard:
-        leaderboard.rebuild(root)
-    return record, path
+    return record
