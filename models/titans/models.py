@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.adapter import LMAdapter, apply_overrides, flavor
+from harness.adapter import LMAdapter
 from harness.errors import HarnessError
 from models.common import RMSNorm, SlidingWindowAttention, SwiGLU
 from models.titans.mac import MACBlock
@@ -167,11 +167,3 @@ class TitansLM(LMAdapter):
             new_states.append(s)
         logits = self.head(self.norm(x))
         return logits, logits.new_zeros(()), _detach(new_states)
-
-
-def _build(flavors, name):
-    def build(preset: str = "tiny", vocab_size: int = 256, overrides: dict | None = None) -> TitansLM:
-        config = apply_overrides(flavor(flavors, preset, name), {"vocab_size": vocab_size, **(overrides or {})})
-        return TitansLM(config)
-    build.__doc__ = f"Build {name} at a preset (see FLAVORS in models/titans/presets.py)."
-    return build
