@@ -28,11 +28,6 @@ import torch
 import torch.nn.functional as F
 
 
-def silu_grad(z):
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
-
-
 def mlp_apply(x, weights):
     """x [..., n, d0] through silu(x W1) ... W_L with per-head weights [..., d_{l-1}, d_l]."""
     for l, W in enumerate(weights):
@@ -43,18 +38,25 @@ def mlp_apply(x, weights):
 
 
 def _mlp_with_grads(k, v, weights, bias, bias_param):
-    """Forward at the chunk-start weights and closed-form backward of the attentional bias: returns the layer
-    inputs a_l and the output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T delta_l[i]."""
-    acts, pres, h = [], [], k
+    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n, d]
+    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T delta_l[i]."""
+    acts, sigs, h = [], [], k
+    last = len(weights) - 1
     for l, W in enumerate(weights):
         acts.append(h)
-        z = h @ W
-        pres.append(z)
-        h = F.silu(z) if l < len(weights) - 1 else z
+        z = torch.bmm(h, W)
+        if l < last:
+            s = torch.sigmoid(z)
+            h = z * s
+            sigs.append((s, h))
+        else:
+            h = z
     delta = bias.grad(h - v, bias_param)
     deltas = [delta]
-    for l in range(len(weights) - 1, 0, -1):
-        delta = (delta @ weights[l].transpose(-1, -2)) * silu_grad(pres[l - 1])
+    for l in range(last, 0, -1):
+        s, h = sigs[l - 1]
+        silu_grad = torch.addcmul(s + h, h, s, value=-1.0)  # silu'(z) = s + z s (1 - s) = s + h - h s
+        delta = torch.bmm(delta, weights[l].transpose(1, 2)) * silu_grad
         deltas.insert(0, delta)
     return acts, deltas
 
@@ -66,49 +68,60 @@ def _decay_matrix(logs, tri):
     return torch.where(tri, diff, torch.full_like(diff, float("-inf"))).exp(), cum
 
 
-def _chunk_parallel(q, k, v, theta, log_keep, log_eta, bias_param, A, S, G, bias, retention):
-    """One chunk (or the part of one that falls in this call). q, k [B,H,n,d0], v [B,H,n,dL], theta, log_keep,
-    log_eta [B,H,n]; A, S: states before the first token; G: the chunk-start states (gradient point)."""
-    n = q.shape[2]
-    tri = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    weights_g = [retention.phi(g) for g in G]
-    acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param)
-
+def _coefficients(theta, log_keep, log_eta):
+    """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n, d]:
+    C [.., n, n] (token i's gradient in the state after token t), beta [.., n, 1] (A_0 in that state),
+    c_end [.., n, 1] (token i's gradient in the chunk-end state), beta_end [.., 1, 1]; with momentum also
+    m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end momentum)."""
+    n = theta.shape[-1]
+    tri = torch.ones(n, n, dtype=torch.bool, device=theta.device).tril()
     if log_keep is None:
         log_keep = torch.zeros_like(theta)
     D, cum_keep = _decay_matrix(log_keep, tri)
-    beta = cum_keep.exp()  # [B,H,n]
+    beta = cum_keep.exp().unsqueeze(-1)
     if log_eta is not None:
         Mo, cum_eta = _decay_matrix(log_eta, tri)
         Mo = Mo * theta.unsqueeze(-2)
         C = D @ Mo
-        E = cum_eta.exp()
-        m = (D @ E.unsqueeze(-1)).squeeze(-1)
+        m = D @ cum_eta.exp().unsqueeze(-1)
+        coef = {"m": m, "m_end": m[..., -1:, :], "mo_end": Mo[..., -1, :].unsqueeze(-1),
+                "e_end": cum_eta[..., -1:].exp().unsqueeze(-1)}
     else:
-        C = D * theta.unsqueeze(-2)
+        C, coef = D * theta.unsqueeze(-2), {}
+    coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
+    return coef
 
+
+def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
+    """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef from
+    `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start states."""
+    weights_g = [retention.phi(g) for g in G]
+    acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param)
+    C, beta, momentum = coef["C"], coef["beta"], S is not None
     r, new_A, new_S = q, [], []
     last = len(A) - 1
     for l in range(len(A)):
-        a, d = acts[l], deltas[l]
-        c_end = C[..., -1, :].unsqueeze(-1)  # weights of each token's gradient in the chunk-end state
-        A_end = beta[..., -1, None, None] * A[l] - a.transpose(-1, -2) @ (c_end * d)
-        if log_eta is not None:
-            A_end = A_end + m[..., -1, None, None] * S[l]
-            mo_end = Mo[..., -1, :].unsqueeze(-1)
-            new_S.append(E[..., -1, None, None] * S[l] - a.transpose(-1, -2) @ (mo_end * d))
-        new_A.append(A_end)
+        a_t, d = acts[l].transpose(1, 2), deltas[l]
+        if momentum:
+            carried = torch.addcmul(coef["beta_end"] * A[l], coef["m_end"], S[l])
+            new_A.append(torch.baddbmm(carried, a_t, coef["c_end"] * d, alpha=-1.0))
+            new_S.append(torch.baddbmm(coef["e_end"] * S[l], a_t, coef["mo_end"] * d, alpha=-1.0))
+        else:
+            new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d, alpha=-1.0))
         if retention.linear:  # dual form: no per-token weights
-            z = beta.unsqueeze(-1) * (r @ A[l]) - (C * (r @ a.transpose(-1, -2))) @ d
-            if log_eta is not None:
-                z = z + m.unsqueeze(-1) * (r @ S[l])
+            if momentum:
+                rA, rS = torch.bmm(r, torch.cat([A[l], S[l]], dim=-1)).split(A[l].shape[-1], dim=-1)
+                base = torch.addcmul(beta * rA, coef["m"], rS)
+            else:
+                base = beta * torch.bmm(r, A[l])
+            z = torch.baddbmm(base, C * torch.bmm(r, a_t), d, alpha=-1.0)
         else:  # materialise the chunk's per-token states, apply phi to each
-            A_t = beta[..., None, None] * A[l].unsqueeze(2) - torch.einsum("bhti,bhia,bhic->bhtac", C, a, d)
-            if log_eta is not None:
-                A_t = A_t + m[..., None, None] * S[l].unsqueeze(2)
-            z = torch.einsum("bhta,bhtac->bhtc", r, retention.phi(A_t))
+            A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) - torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
+            if momentum:
+                A_t = A_t + coef["m"].unsqueeze(-1) * S[l].unsqueeze(1)
+            z = torch.einsum("nta,ntac->ntc", r, retention.phi(A_t))
         r = F.silu(z) if l < last else z
-    return r, new_A, (new_S if log_eta is not None else None)
+    return r, new_A, (new_S if momentum else None)
 
 
 def _walk(T, chunk_size, pos):
@@ -127,18 +140,48 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None.
     state = {"A": [per-layer [B,H,d_{l-1},d_l]], "S": [...] or None, "G": [...], "pos": int}.
     Returns y [B,H,T,d_out] and the new state."""
-    A, S, G, pos = list(state["A"]), state["S"], list(state["G"]), state["pos"]
+    Bsz, H = q.shape[:2]
+    flat = lambda x: None if x is None else x.flatten(0, 1)  # noqa: E731  [B, H, ...] -> [B*H, ...]
+    flat_list = lambda xs: None if xs is None else [x.flatten(0, 1) for x in xs]  # noqa: E731
+    q, k, v, theta, log_keep, log_eta, bias_param = map(flat, (q, k, v, theta, log_keep, log_eta, bias_param))
+    A, S, G, pos = flat_list(state["A"]), flat_list(state["S"]), flat_list(state["G"]), state["pos"]
+    pieces = list(_walk(q.shape[1], chunk_size, pos))
+    sizes = [n for _, n in pieces]
+    # cut every per-token input into the pieces once (split's backward is one concatenation)
+    cut = lambda x, dim: [None] * len(sizes) if x is None else x.split(sizes, dim=dim)  # noqa: E731
+    qs, ks, vs, ps = cut(q, 1), cut(k, 1), cut(v, 1), cut(bias_param, 1)
+    coefs = _piece_coefficients(theta, log_keep, log_eta, sizes, chunk_size)
     outs = []
-    for t, n in _walk(q.shape[2], chunk_size, pos):
+    for (t, n), qc, kc, vc, pc, coef in zip(pieces, qs, ks, vs, ps, coefs):
         if (pos + t) % chunk_size == 0:
             G = A
-        sl = slice(t, t + n)
-        y, A, S = _chunk_parallel(
-            q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl],
-            None if log_keep is None else log_keep[..., sl], None if log_eta is None else log_eta[..., sl],
-            None if bias_param is None else bias_param[:, :, sl], A, S, G, bias, retention)
+        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention)
         outs.append(y)
-    return torch.cat(outs, dim=2), {"A": A, "S": S, "G": G, "pos": pos + q.shape[2]}
+    unflat = lambda xs: None if xs is None else [x.unflatten(0, (Bsz, H)) for x in xs]  # noqa: E731
+    y = torch.cat(outs, dim=1).unflatten(0, (Bsz, H))
+    return y, {"A": unflat(A), "S": unflat(S), "G": unflat(G), "pos": pos + q.shape[1]}
+
+
+def _piece_coefficients(theta, log_keep, log_eta, sizes, chunk_size):
+    """`_coefficients` of every piece; the run of whole chunks is computed in one batch over chunks."""
+    full = [i for i, n in enumerate(sizes) if n == chunk_size]
+    out = [None] * len(sizes)
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    if len(full) > 1 and full == list(range(full[0], full[-1] + 1)):
+        lo, hi, nc = bounds[full[0]], bounds[full[-1] + 1], len(full)
+        view = lambda x: None if x is None else x[..., lo:hi].unflatten(-1, (nc, chunk_size))  # noqa: E731
+        batched = _coefficients(view(theta), view(log_keep), view(log_eta))
+        per_chunk = {key: val.unbind(1) for key, val in batched.items()}  # unbind: backward is one stack
+        for j, i in enumerate(full):
+            out[i] = {key: val[j] for key, val in per_chunk.items()}
+    for i, n in enumerate(sizes):
+        if out[i] is None:
+            sl = slice(bounds[i], bounds[i + 1])
+            out[i] = _coefficients(theta[..., sl], None if log_keep is None else log_keep[..., sl],
+                                   None if log_eta is None else log_eta[..., sl])
+    return out
 
 
 def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
