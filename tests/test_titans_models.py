@@ -149,3 +149,15 @@ def test_sliding_window_attention_streams_from_stream_start():
         y, state = attn(x[:, a:b], state)
         parts.append(y)
     torch.testing.assert_close(torch.cat(parts, 1), full)
+
+
+def test_causal_depthwise_conv_matches_conv1d():
+    # models.common.CausalDepthwiseConv computes its conv as shifted multiply-adds; nn.Conv1d is the reference
+    from models.common import CausalDepthwiseConv
+    torch.manual_seed(0)
+    conv = CausalDepthwiseConv(6, 4).double()
+    x, state = torch.randn(2, 9, 6, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
+    y, new_state = conv(x, state)
+    ref = conv.conv(torch.cat([state, x], 1).transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(new_state, x[:, -3:])

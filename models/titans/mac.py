@@ -43,21 +43,18 @@ class MACBlock(nn.Module):
         B, T, _ = t.shape
         return t.view(B, T, self.H, self.D).transpose(1, 2)
 
-    def _piece(self, x, st):
-        """n <= segment new tokens that all fall in one segment; st is updated in place."""
+    def _piece(self, x, q, k, v, rq, persistent, st):
+        """n <= segment new tokens that all fall in one segment (x and its precomputed, rotated q, k, v and
+        retrieval queries rq); st is updated in place. Returns the attention output y and the memory read m."""
         B, n, dim = x.shape
         offset = st["pos"] % self.segment
         if offset == 0:  # a new segment: retrieval reads the memory as it is now (after the previous segment)
             st["retrieval"], st["k"], st["v"] = st["memory"], None, None
-        h_in = self.norm_in(x)
-        retrieval = st["retrieval"]
-        queries = self.retrieve_q(h_in).view(B, n, self.H, -1).transpose(1, 2)
-        h = self.memory.read(queries, retrieval)  # [B, n, dim] memory tokens (eq. 22)
-        q, k, v = self.qkv(h_in).chunk(3, dim=-1)
-        _, hk, hv = self.qkv(h).chunk(3, dim=-1)
+        h = self.memory.read(rq, st["retrieval"])  # [B, n, dim] memory tokens (eq. 21-22)
+        w_kv = self.qkv.weight[dim:]
+        hk, hv = F.linear(h, w_kv).chunk(2, dim=-1)
         cos, sin = self.rotary(torch.arange(offset, offset + n, device=x.device))
-        q, k, hk = (apply_rotary(self._split(t), cos, sin) for t in (q, k, hk))
-        v, hv = self._split(v), self._split(hv)
+        hk, hv = apply_rotary(self._split(hk), cos, sin), self._split(hv)
         # keys of the segment so far: memory tokens then segment tokens, each [B, H, offset + n, D]
         if st["k"] is not None:
             hk, k = torch.cat([st["k"][0], hk], 2), torch.cat([st["k"][1], k], 2)
@@ -68,26 +65,40 @@ class MACBlock(nn.Module):
         qpos = torch.arange(offset, L, device=x.device).view(n, 1)
         seen = torch.arange(L, device=x.device).view(1, L) <= qpos  # [n, L]
         mask = torch.cat([seen, seen], dim=1)
-        if self.persistent is not None:
-            _, pk, pv = self.qkv(self.persistent).chunk(3, dim=-1)
-            P = pk.shape[0]
-            pk = pk.view(P, self.H, self.D).transpose(0, 1).unsqueeze(0).expand(B, -1, -1, -1)
-            pv = pv.view(P, self.H, self.D).transpose(0, 1).unsqueeze(0).expand(B, -1, -1, -1)
+        if persistent is not None:
+            pk, pv = persistent
             keys, values = torch.cat([pk, keys], 2), torch.cat([pv, values], 2)
-            mask = torch.cat([mask.new_ones(n, P), mask], dim=1)
+            mask = torch.cat([mask.new_ones(n, pk.shape[2]), mask], dim=1)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = self.attn_out(y.transpose(1, 2).reshape(B, n, dim))  # eq. 23
         m, st["memory"] = self.memory(self.norm_mem(x + y), st["memory"])  # eq. 24-25: write y, read M_t(y_t)
-        x = x + self.gate_norm_y(y) * torch.sigmoid(self.gate_norm_m(m))  # eq. 25
         st["pos"] += n
-        return x + self.ff(self.norm_ff(x))
+        return y, m
 
     def forward(self, x, state=None):
         st = dict(state) if state is not None else {"memory": None, "retrieval": None, "k": None, "v": None,
                                                     "pos": 0}
-        outs, t, T = [], 0, x.shape[1]
+        B, T, dim = x.shape
+        # everything that depends on the block input only is computed for the whole call at once
+        h_in = self.norm_in(x)
+        q, k, v = (self._split(t) for t in self.qkv(h_in).chunk(3, dim=-1))
+        cos, sin = self.rotary((st["pos"] + torch.arange(T, device=x.device)) % self.segment)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        rq = self.retrieve_q(h_in).view(B, T, self.H, -1).transpose(1, 2)
+        persistent = None
+        if self.persistent is not None:
+            _, pk, pv = self.qkv(self.persistent).chunk(3, dim=-1)
+            P = pk.shape[0]
+            persistent = tuple(t.view(P, self.H, self.D).transpose(0, 1).unsqueeze(0).expand(B, -1, -1, -1)
+                               for t in (pk, pv))
+        ys, ms, t = [], [], 0
         while t < T:
             n = min(self.segment - st["pos"] % self.segment, T - t)
-            outs.append(self._piece(x[:, t:t + n], st))
+            sl = slice(t, t + n)
+            y, m = self._piece(x[:, sl], q[:, :, sl], k[:, :, sl], v[:, :, sl], rq[:, :, sl], persistent, st)
+            ys.append(y)
+            ms.append(m)
             t += n
-        return torch.cat(outs, dim=1), st
+        y, m = torch.cat(ys, 1), torch.cat(ms, 1)
+        x = x + self.gate_norm_y(y) * torch.sigmoid(self.gate_norm_m(m))  # eq. 25
+        return x + self.ff(self.norm_ff(x)), st

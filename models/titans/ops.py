@@ -110,8 +110,7 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
             new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d, alpha=-1.0))
         if retention.linear:  # dual form: no per-token weights
             if momentum:
-                rA, rS = torch.bmm(r, torch.cat([A[l], S[l]], dim=-1)).split(A[l].shape[-1], dim=-1)
-                base = torch.addcmul(beta * rA, coef["m"], rS)
+                base = torch.addcmul(beta * torch.bmm(r, A[l]), coef["m"], torch.bmm(r, S[l]))
             else:
                 base = beta * torch.bmm(r, A[l])
             z = torch.baddbmm(base, C * torch.bmm(r, a_t), d, alpha=-1.0)

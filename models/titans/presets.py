@@ -45,6 +45,8 @@ def flavors(variant: str, miras: str | None = None) -> dict[str, TitansConfig]:
     extra = MIRAS[miras] if miras else {}
     out = {p: replace(base, variant=variant, depth=sizes[p][0], ff_hidden=sizes[p][1], **extra)
            for p, base in _BASE.items()}
+    if variant == "mac":  # tiny: the memory learns from each 32-token segment as one chunk (eq. 24)
+        out["tiny"] = replace(out["tiny"], chunk_size=out["tiny"].segment)
     if variant in ("mac", "mag", "mal") and not miras:
         out["titanmac-24gb"] = replace(TITANMAC_24GB, variant=variant)
     return out
