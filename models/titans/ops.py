@@ -37,14 +37,15 @@ def mlp_apply(x, weights):
     return x
 
 
-def _mlp_with_grads(k, v, weights, bias, bias_param):
+def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
     """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n, d]
-    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T delta_l[i]."""
+    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T delta_l[i].
+    z_first: k @ W_1 when the caller already has it."""
     acts, sigs, h = [], [], k
     last = len(weights) - 1
     for l, W in enumerate(weights):
         acts.append(h)
-        z = torch.bmm(h, W)
+        z = torch.bmm(h, W) if (l or z_first is None) else z_first
         if l < last:
             s = torch.sigmoid(z)
             h = z * s
@@ -68,11 +69,12 @@ def _decay_matrix(logs, tri):
     return torch.where(tri, diff, torch.full_like(diff, float("-inf"))).exp(), cum
 
 
-def _coefficients(theta, log_keep, log_eta):
+def _coefficients(theta, log_keep, log_eta, q, k):
     """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n, d]:
     C [.., n, n] (token i's gradient in the state after token t), beta [.., n, 1] (A_0 in that state),
     c_end [.., n, 1] (token i's gradient in the chunk-end state), beta_end [.., 1, 1]; with momentum also
-    m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end momentum)."""
+    m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end momentum);
+    score1 = C * (q k^T), the layer-1 read scores, and kq = [k; q] stacked along time."""
     n = theta.shape[-1]
     tri = torch.ones(n, n, dtype=torch.bool, device=theta.device).tril()
     if log_keep is None:
@@ -89,6 +91,8 @@ def _coefficients(theta, log_keep, log_eta):
     else:
         C, coef = D * theta.unsqueeze(-2), {}
     coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
+    coef["score1"] = C * (q @ k.transpose(-1, -2))  # layer 1 reads with q and writes with k: state-free
+    coef["kq"] = torch.cat([k, q], dim=-2)  # one product k, q @ A_0 when the chunk starts here
     return coef
 
 
@@ -96,7 +100,11 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
     """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef from
     `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start states."""
     weights_g = [retention.phi(g) for g in G]
-    acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param)
+    n = q.shape[1]
+    shared = G is A and retention.linear  # the chunk starts here: k and q both meet A_0 in layer 1
+    if shared:
+        zk, qA0 = torch.bmm(coef["kq"], A[0]).split(n, dim=1)
+    acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param, zk if shared else None)
     C, beta, momentum = coef["C"], coef["beta"], S is not None
     r, new_A, new_S = q, [], []
     last = len(A) - 1
@@ -109,11 +117,10 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
         else:
             new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d, alpha=-1.0))
         if retention.linear:  # dual form: no per-token weights
-            if momentum:
-                base = torch.addcmul(beta * torch.bmm(r, A[l]), coef["m"], torch.bmm(r, S[l]))
-            else:
-                base = beta * torch.bmm(r, A[l])
-            z = torch.baddbmm(base, C * torch.bmm(r, a_t), d, alpha=-1.0)
+            rA = qA0 if (shared and l == 0) else torch.bmm(r, A[l])
+            base = torch.addcmul(beta * rA, coef["m"], torch.bmm(r, S[l])) if momentum else beta * rA
+            score = coef["score1"] if l == 0 else C * torch.bmm(r, a_t)
+            z = torch.baddbmm(base, score, d, alpha=-1.0)
         else:  # materialise the chunk's per-token states, apply phi to each
             A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) - torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
             if momentum:
@@ -149,7 +156,7 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     # cut every per-token input into the pieces once (split's backward is one concatenation)
     cut = lambda x, dim: [None] * len(sizes) if x is None else x.split(sizes, dim=dim)  # noqa: E731
     qs, ks, vs, ps = cut(q, 1), cut(k, 1), cut(v, 1), cut(bias_param, 1)
-    coefs = _piece_coefficients(theta, log_keep, log_eta, sizes, chunk_size)
+    coefs = _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size)
     outs = []
     for (t, n), qc, kc, vc, pc, coef in zip(pieces, qs, ks, vs, ps, coefs):
         if (pos + t) % chunk_size == 0:
@@ -161,7 +168,7 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     return y, {"A": unflat(A), "S": unflat(S), "G": unflat(G), "pos": pos + q.shape[1]}
 
 
-def _piece_coefficients(theta, log_keep, log_eta, sizes, chunk_size):
+def _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size):
     """`_coefficients` of every piece; the run of whole chunks is computed in one batch over chunks."""
     full = [i for i, n in enumerate(sizes) if n == chunk_size]
     out = [None] * len(sizes)
@@ -171,7 +178,8 @@ def _piece_coefficients(theta, log_keep, log_eta, sizes, chunk_size):
     if len(full) > 1 and full == list(range(full[0], full[-1] + 1)):
         lo, hi, nc = bounds[full[0]], bounds[full[-1] + 1], len(full)
         view = lambda x: None if x is None else x[..., lo:hi].unflatten(-1, (nc, chunk_size))  # noqa: E731
-        batched = _coefficients(view(theta), view(log_keep), view(log_eta))
+        view_t = lambda x: x[:, lo:hi].unflatten(1, (nc, chunk_size))  # noqa: E731  [N, T, d] -> [N, nc, b, d]
+        batched = _coefficients(view(theta), view(log_keep), view(log_eta), view_t(q), view_t(k))
         per_chunk = {key: val.unbind(1) for key, val in batched.items()}  # unbind: backward is one stack
         for j, i in enumerate(full):
             out[i] = {key: val[j] for key, val in per_chunk.items()}
@@ -179,7 +187,7 @@ def _piece_coefficients(theta, log_keep, log_eta, sizes, chunk_size):
         if out[i] is None:
             sl = slice(bounds[i], bounds[i + 1])
             out[i] = _coefficients(theta[..., sl], None if log_keep is None else log_keep[..., sl],
-                                   None if log_eta is None else log_eta[..., sl])
+                                   None if log_eta is None else log_eta[..., sl], q[:, sl], k[:, sl])
     return out
 
 
