@@ -34,8 +34,9 @@ class TrainingPreset:
         return asdict(self)
 
 
-TINY = TrainingPreset("tiny", "~1M", steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=60,
-                      eval_every=200, eval_batches=4, eval_limit=131072, checkpoint_every=200)
+# tiny: a CPU-scale smoke budget (~614k tokens) that finishes in minutes on 2 cores.
+TINY = TrainingPreset("tiny", "~1M", steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30,
+                      eval_every=100, eval_batches=4, eval_limit=65536, checkpoint_every=100)
 SMALL = TrainingPreset("small", "~50M", steps=20000, batch_size=32, seq_len=512, lr=1e-3, warmup_steps=1000,
                        eval_every=1000, eval_batches=32, checkpoint_every=1000)
 MEDIUM = TrainingPreset("medium", "~360M", steps=50000, batch_size=64, seq_len=1024, lr=6e-4, warmup_steps=2000,
@@ -43,7 +44,7 @@ MEDIUM = TrainingPreset("medium", "~360M", steps=50000, batch_size=64, seq_len=1
 LARGE = TrainingPreset("large", "~760M", steps=100000, batch_size=64, seq_len=2048, lr=4e-4, warmup_steps=2000,
                        eval_every=2000, eval_batches=64, checkpoint_every=2000)
 # The 5-dollar-llm MoE baseline's GPU24GB budget (seed 000): batch 16, seq 1024, 800 steps.
-GPU24GB = TrainingPreset("gpu24gb", "~50M (MoE total)", steps=800, batch_size=16, seq_len=1024, lr=6e-3,
+GPU24GB = TrainingPreset("gpu24gb", "~210M MoE total (8 SwiGLU experts, top-2)", steps=800, batch_size=16, seq_len=1024, lr=6e-3,
                          warmup_steps=40, eval_every=100, eval_batches=16, checkpoint_every=200)
 # The TitanMAC GPU24GB configuration of seed 000/001 (~52M parameters with neural memory), same budget.
 TITANMAC_24GB = TrainingPreset("titanmac-24gb", "~52M", steps=800, batch_size=16, seq_len=1024, lr=6e-3,
