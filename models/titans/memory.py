@@ -27,7 +27,7 @@ class NeuralMemory(nn.Module):
     def __init__(self, dim: int, n_heads: int, head_dim: int | None = None, depth: int = 2, expansion: int = 2,
                  chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
                  bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
-                 theta_max: float = 0.1):
+                 theta_max: float = 0.01):
         super().__init__()
         head_dim = head_dim or dim // n_heads
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size

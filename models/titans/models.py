@@ -46,7 +46,7 @@ class TitansConfig:
     bias_p: float = 3.0  # p of the l_p bias (Moneta: 3)
     retention: str = "decay"  # decay (l2) | lq (Moneta) | kl (Memora)
     retention_q: float = 4.0  # q of the l_q retention (Moneta: 4)
-    theta_max: float = 0.1  # upper bound of the inner learning rate theta_t
+    theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverges at init in 70 tokens)
     window: int = 64  # sliding-window attention width (mag, mal)
     segment: int = 32  # MAC segment length
     n_persistent: int = 4  # learnable persistent tokens visible to every position (mac, mag, mal)
