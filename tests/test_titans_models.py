@@ -91,7 +91,8 @@ def test_long_stream_state_is_flat():
 
 @pytest.mark.parametrize("kwargs", [dict(depth=1), dict(depth=2), dict(depth=2, momentum=False, decay=False),
                                     dict(depth=2, bias="lp", retention="lq", momentum=False),
-                                    dict(depth=1, bias="huber"), dict(depth=2, retention="kl", momentum=False)])
+                                    dict(depth=1, bias="huber"),
+                                    dict(depth=2, retention="kl", momentum=False)])
 def test_memory_layer_parallel_matches_reference(kwargs):
     torch.manual_seed(0)
     layer = NeuralMemory(16, 2, chunk_size=3, **kwargs).double()

@@ -1,5 +1,6 @@
 """The chunk-parallel neural-memory op against the token-by-token reference (Titans eqs. 12-15, section 3.2;
-MIRAS biases and retentions). float64 throughout; tolerances: outputs and end states 1e-10, input gradients 1e-8
+MIRAS biases and retentions). float64 throughout; tolerances: outputs and end states 1e-10, input gradients
+1e-8
 (the reference differentiates the bias loss with torch.func, the fast path uses closed forms)."""
 
 import itertools
@@ -31,7 +32,8 @@ def _inputs(depth, momentum, decay, seed=0):
     x = dict(
         q=F.normalize(rand(B, H, T, D), dim=-1), k=F.normalize(rand(B, H, T, D), dim=-1), v=rand(B, H, T, D),
         theta=torch.rand(B, H, T, dtype=torch.float64, generator=g) * 0.3,
-        log_keep=torch.log(1 - 0.2 * torch.rand(B, H, T, dtype=torch.float64, generator=g)) if decay else None,
+        log_keep=(torch.log(1 - 0.2 * torch.rand(B, H, T, dtype=torch.float64, generator=g))
+                  if decay else None),
         log_eta=torch.log(torch.rand(B, H, T, dtype=torch.float64, generator=g)) if momentum else None,
         bias_param=torch.rand(B, H, T, 1, dtype=torch.float64, generator=g) + 0.1,
     )
@@ -74,7 +76,8 @@ def _compare(depth, momentum, decay, bias_name="l2", retention_name="decay", chu
     assert all(g is not None and g.abs().sum() > 0 for g in (g1[0], g1[1], g1[2], g1[3]))  # q, k, v, theta
 
 
-@pytest.mark.parametrize("depth,momentum,decay", list(itertools.product([1, 2], [False, True], [False, True])))
+@pytest.mark.parametrize("depth,momentum,decay",
+                         list(itertools.product([1, 2], [False, True], [False, True])))
 def test_parallel_matches_reference_titans(depth, momentum, decay):
     _compare(depth, momentum, decay)
 
@@ -103,7 +106,8 @@ def test_streaming_segments_equal_one_call_and_state_is_fixed_size(cuts):
     sizes, parts = set(), []
     for a, b in zip(cuts[:-1], cuts[1:]):
         sl = {k: (v[:, :, a:b] if v is not None else None) for k, v in x.items()}
-        y, state = memory_parallel(sl["q"], sl["k"], sl["v"], sl["theta"], sl["log_keep"], sl["log_eta"], state,
+        y, state = memory_parallel(sl["q"], sl["k"], sl["v"], sl["theta"], sl["log_keep"], sl["log_eta"],
+                                   state,
                                    4, bias, retention)
         parts.append(y)
         sizes.add(sum(t.numel() for key in ("A", "S", "G") for t in state[key]))

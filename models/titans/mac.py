@@ -1,7 +1,8 @@
 """Titans MAC, Memory as a Context (Titans, arXiv 2501.00663, section 4.1, eqs. 21-25).
 
 The sequence is cut into segments of `segment` tokens (aligned to absolute stream positions). For segment s:
-    h = M*_{s-1}(x W_Q)                                  eq. 21-22: read the memory as it was before the segment
+    h = M*_{s-1}(x W_Q)                                  eq. 21-22: read the memory as it was before the
+    segment
     y = Attn([persistent | h | x])                        eq. 23: queries from x; causal inside the segment
     M_s = write(M_{s-1}, y)                               eq. 24: the memory learns from the attention output
     o = y (x) M*_s(y)                                     eq. 25: output gated by the memory read
@@ -9,8 +10,10 @@ Causality: token i of a segment sees every persistent token, the retrieved memor
 tokens x_j for j <= i only (h_j is built from x_j). The score matrix of a segment is [seg, P + 2*seg], so the
 cost is O(T * seg). The memory write/read of eq. 24-25 is per token (the read at token t sees writes up to t).
 
-Streaming state per block: the memory state, the retrieval state (the memory at the segment start), and the keys
-and values of the current segment so far (fewer than `segment` tokens each), so cutting a stream anywhere inside
+Streaming state per block: the memory state, the retrieval state (the memory at the segment start), and the
+keys
+and values of the current segment so far (fewer than `segment` tokens each), so cutting a stream anywhere
+inside
 a segment gives the same result as one call.
 """
 
@@ -35,7 +38,8 @@ class MACBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
         self.rotary = RotaryEmbedding(self.D)
-        self.persistent = nn.Parameter(torch.randn(cfg.n_persistent, dim) * dim ** -0.5) if cfg.n_persistent else None
+        self.persistent = (nn.Parameter(torch.randn(cfg.n_persistent, dim) * dim ** -0.5)
+                           if cfg.n_persistent else None)
         self.gate_norm_y, self.gate_norm_m = RMSNorm(dim), RMSNorm(dim)
         self.ff = SwiGLU(dim, cfg.ff_hidden)
 
@@ -45,7 +49,8 @@ class MACBlock(nn.Module):
 
     def _piece(self, x, q, k, v, rq, persistent, st):
         """n <= segment new tokens that all fall in one segment (x and its precomputed, rotated q, k, v and
-        retrieval queries rq); st is updated in place. Returns the attention output y and the memory read m."""
+        retrieval queries rq); st is updated in place. Returns the attention output y and the memory read
+        m."""
         B, n, dim = x.shape
         offset = st["pos"] % self.segment
         if offset == 0:  # a new segment: retrieval reads the memory as it is now (after the previous segment)

@@ -1,12 +1,17 @@
 """The neural long-term memory layer (Titans, arXiv 2501.00663, section 3.1; MIRAS, arXiv 2504.13173).
 
-x [B, T, dim] -> per head: q, k, v = SiLU(conv(x W_{q,k,v})) (short causal depthwise conv), q and k L2-normalised
-(section 4.4); theta_t, alpha_t, eta_t (and Yaad's Huber threshold delta_t) are per-head linear functions of x_t
-squashed into their ranges: theta = theta_max * sigmoid, alpha and eta = sigmoid, delta = softplus. The memory is
-written and read by `models.titans.ops.memory_parallel`; the read is RMS-normalised per head and projected out.
+x [B, T, dim] -> per head: q, k, v = SiLU(conv(x W_{q,k,v})) (short causal depthwise conv), q and k
+L2-normalised
+(section 4.4); theta_t, alpha_t, eta_t (and Yaad's Huber threshold delta_t) are per-head linear functions of
+x_t
+squashed into their ranges: theta = theta_max * sigmoid, alpha and eta = sigmoid, delta = softplus. The
+memory is
+written and read by `models.titans.ops.memory_parallel`; the read is RMS-normalised per head and projected
+out.
 
 The memory's initial weights are learned (per head); the outer loop trains them, the projections and the gate
-nets through the unrolled inner updates (the inner gradients are closed-form, so the whole chunked recurrence is
+nets through the unrolled inner updates (the inner gradients are closed-form, so the whole chunked recurrence
+is
 one differentiable graph).
 """
 
@@ -24,7 +29,8 @@ from models.titans.ops import memory_naive, memory_parallel, mlp_apply
 
 
 class NeuralMemory(nn.Module):
-    def __init__(self, dim: int, n_heads: int, head_dim: int | None = None, depth: int = 2, expansion: int = 2,
+    def __init__(self, dim: int, n_heads: int, head_dim: int | None = None, depth: int = 2,
+                 expansion: int = 2,
                  chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
                  bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
                  theta_max: float = 0.01):
@@ -42,7 +48,8 @@ class NeuralMemory(nn.Module):
         self.to_gates = nn.Linear(dim, self.n_gates * n_heads)
         dims = [head_dim] + [expansion * head_dim] * (depth - 1) + [head_dim]
         self.init_weights = nn.ParameterList(
-            nn.Parameter(torch.randn(n_heads, dims[i], dims[i + 1]) / math.sqrt(dims[i])) for i in range(depth))
+            nn.Parameter(torch.randn(n_heads, dims[i], dims[i + 1]) / math.sqrt(dims[i]))
+            for i in range(depth))
         self.out_norm = RMSNorm(head_dim)
         self.out = nn.Linear(inner, dim, bias=False)
         self._init_gates()
@@ -101,7 +108,8 @@ class NeuralMemory(nn.Module):
         return self._output(y), mem
 
     def read(self, queries: torch.Tensor, state: dict | None) -> torch.Tensor:
-        """M(q) with the weights of `state` and no write (Titans eq. 15 / MAC eq. 21): queries [B, H, T, d] are
+        """M(q) with the weights of `state` and no write (Titans eq. 15 / MAC eq. 21): queries [B, H, T, d]
+        are
         already projected; returns [B, T, dim]."""
         if state is None:
             state = self.initial_state(queries.shape[0])

@@ -46,7 +46,7 @@ class TitansConfig:
     bias_p: float = 3.0  # p of the l_p bias (Moneta: 3)
     retention: str = "decay"  # decay (l2) | lq (Moneta) | kl (Memora)
     retention_q: float = 4.0  # q of the l_q retention (Moneta: 4)
-    theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverges at init in 70 tokens)
+    theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverged at init)
     window: int = 64  # sliding-window attention width (mag, mal)
     segment: int = 32  # MAC segment length
     n_persistent: int = 4  # learnable persistent tokens visible to every position (mac, mag, mal)
@@ -56,7 +56,8 @@ class TitansConfig:
 
 def _memory_kwargs(cfg: TitansConfig) -> dict:
     return dict(depth=cfg.memory_depth, expansion=cfg.memory_expansion, chunk_size=cfg.chunk_size,
-                conv_size=cfg.conv_size, momentum=cfg.momentum, decay=cfg.decay, bias=cfg.bias, bias_p=cfg.bias_p,
+                conv_size=cfg.conv_size, momentum=cfg.momentum, decay=cfg.decay, bias=cfg.bias,
+                bias_p=cfg.bias_p,
                 retention=cfg.retention, retention_q=cfg.retention_q, theta_max=cfg.theta_max)
 
 
@@ -153,7 +154,7 @@ class TitansLM(LMAdapter):
 
     @staticmethod
     def _init(module):
-        if isinstance(module, nn.Linear) and module.bias is None:  # projections; gate nets keep their own init
+        if isinstance(module, nn.Linear) and module.bias is None:  # projections (gate nets keep their init)
             nn.init.normal_(module.weight, 0.0, 0.02)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, 0.02)

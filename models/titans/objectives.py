@@ -2,9 +2,12 @@
 loss the memory minimises per token) and the retention (how the memory's state becomes its weights and how old
 content is kept).
 
-Attentional bias: `loss(err, param)` per token and its closed-form derivative `grad(err, param)` with respect to
-the memory's prediction, err = M(k_t) - v_t of shape [..., d_out]. The fast path uses `grad` (no autograd inside
-the inner loop); the token-by-token reference differentiates `loss` with torch.func, so the two are independent.
+Attentional bias: `loss(err, param)` per token and its closed-form derivative `grad(err, param)` with respect
+to
+the memory's prediction, err = M(k_t) - v_t of shape [..., d_out]. The fast path uses `grad` (no autograd
+inside
+the inner loop); the token-by-token reference differentiates `loss` with torch.func, so the two are
+independent.
   - L2Bias:    ||e||^2                                     (Titans eq. 12)
   - LpBias:    ||e||_p^p, p = 3 for Moneta                  (MIRAS eq. for Moneta)
   - HuberBias: sum_j Huber_delta_t(e_j), delta_t > 0 a learned function of x_t (Yaad)
@@ -57,7 +60,8 @@ class LpBias:
 
 
 class HuberBias:
-    """Huber_delta(e) = e^2 if |e| <= delta else 2 delta |e| - delta^2 (so its gradient 2 clamp(e, -delta, delta)
+    """Huber_delta(e) = e^2 if |e| <= delta else 2 delta |e| - delta^2 (so its gradient 2 clamp(e, -delta,
+    delta)
     is continuous and equals the l2 gradient inside the threshold). `param` is delta_t [..., 1] > 0."""
 
     name, needs_param = "huber", True

@@ -1,24 +1,29 @@
 """The neural long-term memory's write/read recurrence (Titans, arXiv 2501.00663, eqs. 12-15 and section 3.2),
 as a chunk-parallel op and a token-by-token reference.
 
-Per head the memory is an MLP with weight matrices W^1..W^L (L = 1: a matrix memory), x -> silu(x W^1) ... W^L.
+Per head the memory is an MLP with weight matrices W^1..W^L (L = 1: a matrix memory), x -> silu(x W^1) ...
+W^L.
 Each weight matrix has a state A (W = phi(A), see objectives.py) and a momentum S. For token t:
     u_t = d loss(M_{W_g}(k_t) - v_t) / dW                gradient at the chunk-start weights W_g (section 3.2)
-    S_t = eta_t S_{t-1} - theta_t u_t                     surprise with momentum (eq. 13, eta = 0: no momentum)
+    S_t = eta_t S_{t-1} - theta_t u_t                     surprise with momentum (eq. 13, eta = 0: no
+    momentum)
     A_t = keep_t A_{t-1} + S_t, keep_t = 1 - alpha_t      forgetting (eq. 13 / MIRAS retention)
     y_t = M_{phi(A_t)}(q_t)                               read after the write, no weight change (eq. 15)
 Chunks are aligned to absolute stream positions (pos % chunk_size == 0 starts one), so a stream cut anywhere
 gives the same result as one call: the state carries A, S and the current chunk's start state G.
 
-Parallel form, per chunk of n tokens (no loop over tokens): all u_i come from one batched forward + closed-form
-backward of the MLP at W_g, as outer products a_i^T delta_i that are never materialised. Unrolling the two linear
+Parallel form, per chunk of n tokens (no loop over tokens): all u_i come from one batched forward +
+closed-form
+backward of the MLP at W_g, as outer products a_i^T delta_i that are never materialised. Unrolling the two
+linear
 recurrences inside the chunk,
     A_t = beta_t A_0 + m_t S_0 - sum_{i<=t} C[t, i] a_i^T delta_i
 with beta_t = prod_{j<=t} keep_j, D[t, s] = beta_t / beta_s (s <= t), Mo[s, i] = theta_i prod_{i<j<=s} eta_j,
 C = D @ Mo and m = D @ (prod_{j<=s} eta_j). All decay products are taken as exp of differences of cumulative
 log-sums, so nothing under- or overflows. Reads then need no per-token weights (the "dual form"):
     r A_t = beta_t (r A_0) + m_t (r S_0) - ((C * (r a^T)) @ delta)_t
-layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q and KL
+layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q
+and KL
 retention) the chunk's per-token states A_t [n, d_in, d_out] are materialised instead and phi applied to each.
 """
 
@@ -38,8 +43,10 @@ def mlp_apply(x, weights):
 
 
 def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
-    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n, d]
-    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T delta_l[i].
+    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n,
+    d]
+    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T
+    delta_l[i].
     z_first: k @ W_1 when the caller already has it."""
     acts, sigs, h = [], [], k
     last = len(weights) - 1
@@ -63,17 +70,19 @@ def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
 
 
 def _decay_matrix(logs, tri):
-    """exp(cum[t] - cum[s]) for s <= t else 0: products of exp(logs) over (s, t]. logs [..., n] -> [..., n, n]."""
+    """exp(cum[t] - cum[s]) for s <= t else 0: products of exp(logs) over (s, t]; [..., n] -> [..., n, n]."""
     cum = logs.cumsum(-1)
     diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
     return torch.where(tri, diff, torch.full_like(diff, float("-inf"))).exp(), cum
 
 
 def _coefficients(theta, log_keep, log_eta, q, k):
-    """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n, d]:
+    """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n,
+    d]:
     C [.., n, n] (token i's gradient in the state after token t), beta [.., n, 1] (A_0 in that state),
     c_end [.., n, 1] (token i's gradient in the chunk-end state), beta_end [.., 1, 1]; with momentum also
-    m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end momentum);
+    m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end
+    momentum);
     score1 = C * (q k^T), the layer-1 read scores, and kq = [k; q] stacked along time."""
     n = theta.shape[-1]
     tri = torch.ones(n, n, dtype=torch.bool, device=theta.device).tril()
@@ -97,8 +106,10 @@ def _coefficients(theta, log_keep, log_eta, q, k):
 
 
 def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
-    """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef from
-    `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start states."""
+    """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef
+    from
+    `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start
+    states."""
     weights_g = [retention.phi(g) for g in G]
     n = q.shape[1]
     shared = G is A and retention.linear  # the chunk starts here: k and q both meet A_0 in layer 1
@@ -142,7 +153,8 @@ def _walk(T, chunk_size, pos):
 def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
     """Write every token into the memory and read each one back after its write, chunk-parallel.
 
-    q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha) [B,H,T] or
+    q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha)
+    [B,H,T] or
     None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None.
     state = {"A": [per-layer [B,H,d_{l-1},d_l]], "S": [...] or None, "G": [...], "pos": int}.
     Returns y [B,H,T,d_out] and the new state."""
@@ -192,7 +204,8 @@ def _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size):
 
 
 def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
-    """Reference: the recurrence walked one token at a time, with the per-token gradient taken by torch.func.grad
+    """Reference: the recurrence walked one token at a time, with the per-token gradient taken by
+    torch.func.grad
     of the bias's loss (not the closed form) at the chunk-start weights."""
     A, S, G, pos = list(state["A"]), state["S"], list(state["G"]), state["pos"]
     outs = []

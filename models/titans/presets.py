@@ -54,7 +54,8 @@ def flavors(variant: str, miras: str | None = None) -> dict[str, TitansConfig]:
 
 def _builder(name: str, flavor_table: dict[str, TitansConfig]):
     def build(preset: str = "tiny", vocab_size: int = 256, overrides: dict | None = None) -> TitansLM:
-        config = apply_overrides(flavor(flavor_table, preset, name), {"vocab_size": vocab_size, **(overrides or {})})
+        settings = {"vocab_size": vocab_size, **(overrides or {})}
+        config = apply_overrides(flavor(flavor_table, preset, name), settings)
         return TitansLM(config)
 
     build.__doc__ = f"Build {name} at a preset ({', '.join(flavor_table)}) for a vocabulary size."
