@@ -35,7 +35,7 @@ def _contiguous_params(module):
 
 
 class Side:
-    """One model with its optimizer and a fixed batch; `steps(n)` runs n training steps and returns seconds."""
+    """A model with its optimizer and a fixed batch; `steps(n)` runs n training steps, returns seconds."""
 
     def __init__(self, name, model, make_batch, loss_fn, tokens_per_step):
         _contiguous_params(model)
@@ -99,7 +99,8 @@ def model_pair(args):
     make = lambda: (torch.randint(0, 256, (B, T)), torch.randint(0, 256, (B, T)))  # noqa: E731
     a = Side("titans-mac tiny", build_model("titans-mac", "tiny", 256), make, loss, B * T)
     b = Side("transformer-pp tiny", build_model("transformer-pp", "tiny", 256), make, loss, B * T)
-    print(f"pair 2: LMs at preset tiny, batch {B} x {T} tokens; params titans-mac {a.model.num_parameters()}, "
+    print(f"pair 2: LMs at preset tiny, batch {B} x {T} tokens; "
+          f"params titans-mac {a.model.num_parameters()}, "
           f"transformer-pp {b.model.num_parameters()}")
     med, raw = alternate(a, b, args.rounds, args.steps)
     for k, v in med.items():
@@ -111,7 +112,7 @@ def model_pair(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared box)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest when shared)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per side")
     ap.add_argument("--steps", type=int, default=3, help="training steps per round")
     ap.add_argument("--dim", type=int, default=128)
