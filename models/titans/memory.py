@@ -1,0 +1,117 @@
+"""The neural long-term memory layer (Titans, arXiv 2501.00663, section 3.1; MIRAS, arXiv 2504.13173).
+
+x [B, T, dim] -> per head: q, k, v = SiLU(conv(x W_{q,k,v})) (short causal depthwise conv), q and k
+L2-normalised
+(section 4.4); theta_t, alpha_t, eta_t (and Yaad's Huber threshold delta_t) are per-head linear functions of
+x_t
+squashed into their ranges: theta = theta_max * sigmoid, alpha and eta = sigmoid, delta = softplus. The
+memory is
+written and read by `models.titans.ops.memory_parallel`; the read is RMS-normalised per head and projected
+out.
+
+The memory's initial weights are learned (per head); the outer loop trains them, the projections and the gate
+nets through the unrolled inner updates (the inner gradients are closed-form, so the whole chunked recurrence
+is
+one differentiable graph).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common import CausalDepthwiseConv, RMSNorm
+from models.titans.objectives import make_bias, make_retention
+from models.titans.ops import memory_naive, memory_parallel, mlp_apply
+
+
+class NeuralMemory(nn.Module):
+    def __init__(self, dim: int, n_heads: int, head_dim: int | None = None, depth: int = 2,
+                 expansion: int = 2,
+                 chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
+                 bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
+                 theta_max: float = 0.01):
+        super().__init__()
+        head_dim = head_dim or dim // n_heads
+        self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
+        self.momentum, self.decay, self.theta_max = momentum, decay, theta_max
+        self.bias = make_bias(bias, bias_p)
+        self.retention = make_retention(retention, retention_q, scale=math.sqrt(head_dim))
+        inner = n_heads * head_dim
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.conv = CausalDepthwiseConv(3 * inner, conv_size)
+        # one gate net for theta, alpha, eta (+ delta for the Huber bias): [B, T, n_gates * H]
+        self.n_gates = 1 + int(decay) + int(momentum) + int(self.bias.needs_param)
+        self.to_gates = nn.Linear(dim, self.n_gates * n_heads)
+        dims = [head_dim] + [expansion * head_dim] * (depth - 1) + [head_dim]
+        self.init_weights = nn.ParameterList(
+            nn.Parameter(torch.randn(n_heads, dims[i], dims[i + 1]) / math.sqrt(dims[i]))
+            for i in range(depth))
+        self.out_norm = RMSNorm(head_dim)
+        self.out = nn.Linear(inner, dim, bias=False)
+        self._init_gates()
+
+    def _init_gates(self):
+        nn.init.normal_(self.to_gates.weight, 0.0, 0.02)
+        H, b = self.n_heads, self.to_gates.bias.data
+        b[:H] = 0.0  # theta = theta_max / 2
+        i = H
+        if self.decay:
+            b[i:i + H] = -5.0  # alpha ~ 0.007: slow forgetting at the start
+            i += H
+        if self.momentum:
+            b[i:i + H] = 1.0  # eta ~ 0.73
+            i += H
+        if self.bias.needs_param:
+            b[i:i + H] = 0.5  # Huber delta ~ 0.97
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def initial_state(self, batch: int) -> dict:
+        A = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
+        S = [torch.zeros_like(a) for a in A] if self.momentum else None
+        return {"A": A, "S": S, "G": A, "pos": 0, "conv": None}
+
+    # -- projections -------------------------------------------------------------------------------------
+    def _heads(self, t):  # [B, T, H*d] -> [B, H, T, d]
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_heads, -1).transpose(1, 2)
+
+    def _inputs(self, x, conv_state):
+        qkv, conv_state = self.conv(self.to_qkv(x), conv_state)
+        q, k, v = (self._heads(t) for t in F.silu(qkv).chunk(3, dim=-1))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        gates = self.to_gates(x).transpose(1, 2)  # [B, n_gates*H, T]
+        parts = list(gates.split(self.n_heads, dim=1))
+        theta = self.theta_max * torch.sigmoid(parts.pop(0))
+        log_keep = F.logsigmoid(-parts.pop(0)) if self.decay else None  # log(1 - alpha), alpha = sigmoid
+        log_eta = F.logsigmoid(parts.pop(0)) if self.momentum else None
+        bias_param = F.softplus(parts.pop(0)).unsqueeze(-1) if self.bias.needs_param else None
+        return q, k, v, theta, log_keep, log_eta, bias_param, conv_state
+
+    def _output(self, y):  # [B, H, T, d] -> [B, T, dim]
+        B, H, T, d = y.shape
+        return self.out(self.out_norm(y).transpose(1, 2).reshape(B, T, H * d))
+
+    # -- forward -----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, state: dict | None = None, reference: bool = False):
+        """x [B, T, dim] -> (y [B, T, dim], new_state). `reference=True` runs the token-by-token walk."""
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        q, k, v, theta, log_keep, log_eta, bias_param, conv_state = self._inputs(x, state["conv"])
+        op = memory_naive if reference else memory_parallel
+        y, mem = op(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias, self.retention,
+                    bias_param)
+        mem["conv"] = conv_state
+        return self._output(y), mem
+
+    def read(self, queries: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """M(q) with the weights of `state` and no write (Titans eq. 15 / MAC eq. 21): queries [B, H, T, d]
+        are
+        already projected; returns [B, T, dim]."""
+        if state is None:
+            state = self.initial_state(queries.shape[0])
+        weights = [self.retention.phi(a) for a in state["A"]]
+        return self._output(mlp_apply(F.normalize(queries, dim=-1), weights))

@@ -1,0 +1,230 @@
+"""The neural long-term memory's write/read recurrence (Titans, arXiv 2501.00663, eqs. 12-15 and section 3.2),
+as a chunk-parallel op and a token-by-token reference.
+
+Per head the memory is an MLP with weight matrices W^1..W^L (L = 1: a matrix memory), x -> silu(x W^1) ...
+W^L.
+Each weight matrix has a state A (W = phi(A), see objectives.py) and a momentum S. For token t:
+    u_t = d loss(M_{W_g}(k_t) - v_t) / dW                gradient at the chunk-start weights W_g (section 3.2)
+    S_t = eta_t S_{t-1} - theta_t u_t                     surprise with momentum (eq. 13, eta = 0: no
+    momentum)
+    A_t = keep_t A_{t-1} + S_t, keep_t = 1 - alpha_t      forgetting (eq. 13 / MIRAS retention)
+    y_t = M_{phi(A_t)}(q_t)                               read after the write, no weight change (eq. 15)
+Chunks are aligned to absolute stream positions (pos % chunk_size == 0 starts one), so a stream cut anywhere
+gives the same result as one call: the state carries A, S and the current chunk's start state G.
+
+Parallel form, per chunk of n tokens (no loop over tokens): all u_i come from one batched forward +
+closed-form
+backward of the MLP at W_g, as outer products a_i^T delta_i that are never materialised. Unrolling the two
+linear
+recurrences inside the chunk,
+    A_t = beta_t A_0 + m_t S_0 - sum_{i<=t} C[t, i] a_i^T delta_i
+with beta_t = prod_{j<=t} keep_j, D[t, s] = beta_t / beta_s (s <= t), Mo[s, i] = theta_i prod_{i<j<=s} eta_j,
+C = D @ Mo and m = D @ (prod_{j<=s} eta_j). All decay products are taken as exp of differences of cumulative
+log-sums, so nothing under- or overflows. Reads then need no per-token weights (the "dual form"):
+    r A_t = beta_t (r A_0) + m_t (r S_0) - ((C * (r a^T)) @ delta)_t
+layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q
+and KL
+retention) the chunk's per-token states A_t [n, d_in, d_out] are materialised instead and phi applied to each.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mlp_apply(x, weights):
+    """x [..., n, d0] through silu(x W1) ... W_L with per-head weights [..., d_{l-1}, d_l]."""
+    for l, W in enumerate(weights):
+        x = x @ W
+        if l < len(weights) - 1:
+            x = F.silu(x)
+    return x
+
+
+def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
+    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n,
+    d]
+    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T
+    delta_l[i].
+    z_first: k @ W_1 when the caller already has it."""
+    acts, sigs, h = [], [], k
+    last = len(weights) - 1
+    for l, W in enumerate(weights):
+        acts.append(h)
+        z = torch.bmm(h, W) if (l or z_first is None) else z_first
+        if l < last:
+            s = torch.sigmoid(z)
+            h = z * s
+            sigs.append((s, h))
+        else:
+            h = z
+    delta = bias.grad(h - v, bias_param)
+    deltas = [delta]
+    for l in range(last, 0, -1):
+        s, h = sigs[l - 1]
+        silu_grad = torch.addcmul(s + h, h, s, value=-1.0)  # silu'(z) = s + z s (1 - s) = s + h - h s
+        delta = torch.bmm(delta, weights[l].transpose(1, 2)) * silu_grad
+        deltas.insert(0, delta)
+    return acts, deltas
+
+
+def _decay_matrix(logs, tri):
+    """exp(cum[t] - cum[s]) for s <= t else 0: products of exp(logs) over (s, t]; [..., n] -> [..., n, n]."""
+    cum = logs.cumsum(-1)
+    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
+    return torch.where(tri, diff, torch.full_like(diff, float("-inf"))).exp(), cum
+
+
+def _coefficients(theta, log_keep, log_eta, q, k):
+    """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n,
+    d]:
+    C [.., n, n] (token i's gradient in the state after token t), beta [.., n, 1] (A_0 in that state),
+    c_end [.., n, 1] (token i's gradient in the chunk-end state), beta_end [.., 1, 1]; with momentum also
+    m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end
+    momentum);
+    score1 = C * (q k^T), the layer-1 read scores, and kq = [k; q] stacked along time."""
+    n = theta.shape[-1]
+    tri = torch.ones(n, n, dtype=torch.bool, device=theta.device).tril()
+    if log_keep is None:
+        log_keep = torch.zeros_like(theta)
+    D, cum_keep = _decay_matrix(log_keep, tri)
+    beta = cum_keep.exp().unsqueeze(-1)
+    if log_eta is not None:
+        Mo, cum_eta = _decay_matrix(log_eta, tri)
+        Mo = Mo * theta.unsqueeze(-2)
+        C = D @ Mo
+        m = D @ cum_eta.exp().unsqueeze(-1)
+        coef = {"m": m, "m_end": m[..., -1:, :], "mo_end": Mo[..., -1, :].unsqueeze(-1),
+                "e_end": cum_eta[..., -1:].exp().unsqueeze(-1)}
+    else:
+        C, coef = D * theta.unsqueeze(-2), {}
+    coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
+    coef["score1"] = C * (q @ k.transpose(-1, -2))  # layer 1 reads with q and writes with k: state-free
+    coef["kq"] = torch.cat([k, q], dim=-2)  # one product k, q @ A_0 when the chunk starts here
+    return coef
+
+
+def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
+    """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef
+    from
+    `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start
+    states."""
+    weights_g = [retention.phi(g) for g in G]
+    n = q.shape[1]
+    shared = G is A and retention.linear  # the chunk starts here: k and q both meet A_0 in layer 1
+    if shared:
+        zk, qA0 = torch.bmm(coef["kq"], A[0]).split(n, dim=1)
+    acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param, zk if shared else None)
+    C, beta, momentum = coef["C"], coef["beta"], S is not None
+    r, new_A, new_S = q, [], []
+    last = len(A) - 1
+    for l in range(len(A)):
+        a_t, d = acts[l].transpose(1, 2), deltas[l]
+        if momentum:
+            carried = torch.addcmul(coef["beta_end"] * A[l], coef["m_end"], S[l])
+            new_A.append(torch.baddbmm(carried, a_t, coef["c_end"] * d, alpha=-1.0))
+            new_S.append(torch.baddbmm(coef["e_end"] * S[l], a_t, coef["mo_end"] * d, alpha=-1.0))
+        else:
+            new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d, alpha=-1.0))
+        if retention.linear:  # dual form: no per-token weights
+            rA = qA0 if (shared and l == 0) else torch.bmm(r, A[l])
+            base = torch.addcmul(beta * rA, coef["m"], torch.bmm(r, S[l])) if momentum else beta * rA
+            score = coef["score1"] if l == 0 else C * torch.bmm(r, a_t)
+            z = torch.baddbmm(base, score, d, alpha=-1.0)
+        else:  # materialise the chunk's per-token states, apply phi to each
+            A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) - torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
+            if momentum:
+                A_t = A_t + coef["m"].unsqueeze(-1) * S[l].unsqueeze(1)
+            z = torch.einsum("nta,ntac->ntc", r, retention.phi(A_t))
+        r = F.silu(z) if l < last else z
+    return r, new_A, (new_S if momentum else None)
+
+
+def _walk(T, chunk_size, pos):
+    """(start, length) of the pieces of a call of T tokens at stream position pos, cut at chunk boundaries."""
+    t = 0
+    while t < T:
+        n = min(chunk_size - (pos + t) % chunk_size, T - t)
+        yield t, n
+        t += n
+
+
+def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
+    """Write every token into the memory and read each one back after its write, chunk-parallel.
+
+    q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha)
+    [B,H,T] or
+    None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None.
+    state = {"A": [per-layer [B,H,d_{l-1},d_l]], "S": [...] or None, "G": [...], "pos": int}.
+    Returns y [B,H,T,d_out] and the new state."""
+    Bsz, H = q.shape[:2]
+    flat = lambda x: None if x is None else x.flatten(0, 1)  # noqa: E731  [B, H, ...] -> [B*H, ...]
+    flat_list = lambda xs: None if xs is None else [x.flatten(0, 1) for x in xs]  # noqa: E731
+    q, k, v, theta, log_keep, log_eta, bias_param = map(flat, (q, k, v, theta, log_keep, log_eta, bias_param))
+    A, S, G, pos = flat_list(state["A"]), flat_list(state["S"]), flat_list(state["G"]), state["pos"]
+    pieces = list(_walk(q.shape[1], chunk_size, pos))
+    sizes = [n for _, n in pieces]
+    # cut every per-token input into the pieces once (split's backward is one concatenation)
+    cut = lambda x, dim: [None] * len(sizes) if x is None else x.split(sizes, dim=dim)  # noqa: E731
+    qs, ks, vs, ps = cut(q, 1), cut(k, 1), cut(v, 1), cut(bias_param, 1)
+    coefs = _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size)
+    outs = []
+    for (t, n), qc, kc, vc, pc, coef in zip(pieces, qs, ks, vs, ps, coefs):
+        if (pos + t) % chunk_size == 0:
+            G = A
+        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention)
+        outs.append(y)
+    unflat = lambda xs: None if xs is None else [x.unflatten(0, (Bsz, H)) for x in xs]  # noqa: E731
+    y = torch.cat(outs, dim=1).unflatten(0, (Bsz, H))
+    return y, {"A": unflat(A), "S": unflat(S), "G": unflat(G), "pos": pos + q.shape[1]}
+
+
+def _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size):
+    """`_coefficients` of every piece; the run of whole chunks is computed in one batch over chunks."""
+    full = [i for i, n in enumerate(sizes) if n == chunk_size]
+    out = [None] * len(sizes)
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    if len(full) > 1 and full == list(range(full[0], full[-1] + 1)):
+        lo, hi, nc = bounds[full[0]], bounds[full[-1] + 1], len(full)
+        view = lambda x: None if x is None else x[..., lo:hi].unflatten(-1, (nc, chunk_size))  # noqa: E731
+        view_t = lambda x: x[:, lo:hi].unflatten(1, (nc, chunk_size))  # noqa: E731  [N, T, d] -> [N, nc, b, d]
+        batched = _coefficients(view(theta), view(log_keep), view(log_eta), view_t(q), view_t(k))
+        per_chunk = {key: val.unbind(1) for key, val in batched.items()}  # unbind: backward is one stack
+        for j, i in enumerate(full):
+            out[i] = {key: val[j] for key, val in per_chunk.items()}
+    for i, n in enumerate(sizes):
+        if out[i] is None:
+            sl = slice(bounds[i], bounds[i + 1])
+            out[i] = _coefficients(theta[..., sl], None if log_keep is None else log_keep[..., sl],
+                                   None if log_eta is None else log_eta[..., sl], q[:, sl], k[:, sl])
+    return out
+
+
+def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
+    """Reference: the recurrence walked one token at a time, with the per-token gradient taken by
+    torch.func.grad
+    of the bias's loss (not the closed form) at the chunk-start weights."""
+    A, S, G, pos = list(state["A"]), state["S"], list(state["G"]), state["pos"]
+    outs = []
+    for t in range(q.shape[2]):
+        if (pos + t) % chunk_size == 0:
+            G = A
+        kt, vt = k[:, :, t:t + 1], v[:, :, t:t + 1]
+        bp = None if bias_param is None else bias_param[:, :, t:t + 1]
+
+        def inner_loss(weights):
+            return bias.loss(mlp_apply(kt, weights) - vt, bp).sum()
+
+        grads = torch.func.grad(inner_loss)([retention.phi(g) for g in G])
+        th = theta[:, :, t, None, None]
+        keep = 1.0 if log_keep is None else log_keep[:, :, t, None, None].exp()
+        if log_eta is not None:
+            S = [log_eta[:, :, t, None, None].exp() * s - th * u for s, u in zip(S, grads)]
+            A = [keep * a + s for a, s in zip(A, S)]
+        else:
+            A = [keep * a - th * u for a, u in zip(A, grads)]
+        outs.append(mlp_apply(q[:, :, t:t + 1], [retention.phi(a) for a in A]))
+    return torch.cat(outs, dim=2), {"A": A, "S": S, "G": G, "pos": pos + q.shape[2]}
