@@ -12,7 +12,7 @@ model_args (all optional except name, which a checkpoint may supply):
   checkpoint    a file saved by the harness runner (torch.save)   tokenizer   'bytes' (default), a tokenizer.json
   vocab_size    model vocabulary (default: the tokenizer's)                   or a local HF tokenizer folder
   max_length    window / segment length in tokens (default: the checkpoint's seq_len, else the preset's)
-  dtype         float32 (default), float64, bfloat16              prefix_token  id conditioning a text's 1st token
+  dtype         float32 (default), float64, bfloat16             prefix_token  id conditioning a text's 1st token
   cfg.<field>   a model config override, e.g. cfg.dim=64          batch_size, device: lm-eval's own flags
 Checkpoint keys read: "model" (state_dict), "model_name", "preset", "vocab_size", "overrides" (dict or None),
 "tokenizer" (path or None; used unless tokenizer= is given) and, if present, "seq_len" (training context length).
@@ -84,16 +84,16 @@ class HarnessLM(TemplateLM):
     def __init__(self, name: str | None = None, preset: str = "tiny", checkpoint: str | None = None,
                  tokenizer: str | None = None, vocab_size: int | None = None, max_length: int | None = None,
                  batch_size: int | str = 8, max_batch_size: int | None = None, device: str | None = None,
-                 dtype: str = "float32", prefix_token: int | None = None, model=None, **extra: Any):
+                 dtype: str | None = None, prefix_token: int | None = None, model=None, **extra: Any):
         super().__init__()
         overrides = {k[4:]: v for k, v in extra.items() if k.startswith("cfg.")}
         unknown = sorted(k for k in extra if not k.startswith("cfg."))
         if unknown:
             raise HarnessError(f"unknown model_args {', '.join(unknown)}; accepted: name, preset, checkpoint, "
                                f"tokenizer, vocab_size, max_length, dtype, prefix_token, cfg.<config field>")
-        if dtype not in DTYPES:
+        if dtype is not None and dtype not in DTYPES:
             raise HarnessError(f"dtype={dtype!r}; accepted: {', '.join(DTYPES)}")
-        ckpt = None
+        ckpt, given = None, model is not None
         if model is None:  # from model_args
             tok_spec = tokenizer
             if tok_spec is None and checkpoint is not None:
@@ -106,7 +106,9 @@ class HarnessLM(TemplateLM):
             raise HarnessError(f"the tokenizer has {self.tok.vocab_size} tokens but the model's vocabulary is "
                                f"{model.vocab_size}; pass the tokenizer the model was trained with")
         self._device = torch.device(device or "cpu")
-        self.model = model.to(self._device, DTYPES[dtype]).eval()
+        if dtype is None and not given:  # a model handed over keeps its dtype unless one is asked for
+            dtype = "float32"
+        self.model = (model.to(self._device, DTYPES[dtype]) if dtype else model.to(self._device)).eval()
         self.stream = getattr(model, "streaming", "none") == "state"
         self._max_length = int(max_length or (ckpt or {}).get("seq_len") or _preset_seq_len(preset))
         limit = getattr(model, "max_context", None)

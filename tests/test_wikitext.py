@@ -243,6 +243,7 @@ def test_metrics_with_a_known_non_uniform_distribution(tmp_path):
     assert task.describe()["scoring"]["documents"] == 1
 
 
+@torch.no_grad()
 def reference_logprob(model, tokens):
     """One full-sequence call, no segments: sum of log p(tokens[i+1] | tokens[:i+1])."""
     ids = torch.tensor([tokens])
@@ -306,6 +307,7 @@ def test_bpe_is_trained_deterministically_cached_and_reloadable(tmp_path):
 
 
 @needs_wt2
+@pytest.mark.slow
 def test_real_wikitext2_bpe_task_end_to_end(tmp_path):
     task = wt.WikiText2Task(data_dir=SHARED, vocab_size=512, train_split="valid")
     info = task.describe()
