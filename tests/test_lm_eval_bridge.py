@@ -26,6 +26,15 @@ DOCS = [
 
 
 @pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine's 2 cores are shared: intra-op threads only add contention for these tiny shapes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path_factory):
     """No network: the HF offline switches, in the environment and in the already-imported libraries."""
     import datasets
@@ -198,10 +207,17 @@ def test_simple_evaluate_offline_on_local_custom_tasks(tmp_path):
 def test_wikitext_scores_equal_lm_eval_rolling_loglikelihood_through_the_bridge(tmp_path):
     """Same articles, same BPE: our task's metrics == lm-eval's wikitext task (its own detokenizer, word/byte
     counting and aggregation) run through the bridge, for a window model and for a state model."""
-    from tasks.wikitext import WikiText2Task
+    from tasks.wikitext import WikiText2Task, split_pages
 
-    task = WikiText2Task(data_dir=SHARED, vocab_size=512, train_split="valid")
-    limit, seq_len = 2, 64
+    # three short real test articles (the whole test split would take minutes on a shared CPU)
+    pages = split_pages((SHARED / "wikitext-2" / "test.txt").read_text(encoding="utf-8"))
+    folder = tmp_path / "wikitext-2"
+    folder.mkdir()
+    (folder / "wiki.test.tokens").write_text("\n".join(pages[i] for i in (14, 29, 57)), encoding="utf-8")
+    (folder / "wiki.valid.tokens").symlink_to(SHARED / "wikitext-2" / "valid.txt")
+    task = WikiText2Task(data_dir=tmp_path, vocab_size=512, train_split="valid")
+    assert task.pages["test"] == [pages[i] for i in (14, 29, 57)]
+    limit, seq_len = 3, 64
     data = tmp_path / "pages.jsonl"
     data.write_text("".join(json.dumps({"page": p}) + "\n" for p in task.pages["test"][:limit]))
     (tmp_path / "preprocess_wikitext.py").write_text(
@@ -221,10 +237,10 @@ def test_wikitext_scores_equal_lm_eval_rolling_loglikelihood_through_the_bridge(
     path = save_checkpoint(tmp_path / "tpp.pt", window_model, "transformer-pp", task.vocab_size, task.tokenizer_path)
     torch.manual_seed(0)
     state_model = ToyGRU(task.vocab_size, 16)
-    runs = [(window_model, "harness", f"checkpoint={path},max_length={seq_len},batch_size=4"),
+    runs = [(window_model, "harness", f"checkpoint={path},max_length={seq_len},batch_size=8"),
             (state_model, HarnessLM(model=state_model, tokenizer=task.tokenizer_path, max_length=seq_len), None)]
     for model, lm, args in runs:
-        ours = task.evaluate(model, device="cpu", seq_len=seq_len, batch_size=4, limit=limit, progress=False)
+        ours = task.evaluate(model, device="cpu", seq_len=seq_len, batch_size=8, limit=limit, progress=False)
         theirs = run_lm_eval(lm, tmp_path, ["wikitext_local"], args)["results"]["wikitext_local"]
         for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
             assert theirs[f"{metric},none"] == pytest.approx(ours[metric].value, rel=1e-6), (model.streaming, metric)

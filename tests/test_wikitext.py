@@ -68,6 +68,15 @@ class FixedUnigram(LMAdapter):
 
 
 @pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine's 2 cores are shared: intra-op threads only add contention for these tiny shapes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     """Tokenizers and token caches go to a per-session temporary folder, never the user's cache."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "harness-cache"))
