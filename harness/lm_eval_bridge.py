@@ -27,6 +27,7 @@ contexts and lm-eval's own rolling windows. `generate_until` is greedy.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -105,6 +106,10 @@ class HarnessLM(TemplateLM):
         if self.tok.vocab_size > model.vocab_size:
             raise HarnessError(f"the tokenizer has {self.tok.vocab_size} tokens but the model's vocabulary is "
                                f"{model.vocab_size}; pass the tokenizer the model was trained with")
+        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI defaults to --device cuda; like its HF model, run on the CPU when there is no GPU
+            warnings.warn(f"device {device} requested but CUDA is not available; using the CPU", stacklevel=2)
+            device = "cpu"
         self._device = torch.device(device or "cpu")
         if dtype is None and not given:  # a model handed over keeps its dtype unless one is asked for
             dtype = "float32"

@@ -244,3 +244,27 @@ def test_wikitext_scores_equal_lm_eval_rolling_loglikelihood_through_the_bridge(
         theirs = run_lm_eval(lm, tmp_path, ["wikitext_local"], args)["results"]["wikitext_local"]
         for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
             assert theirs[f"{metric},none"] == pytest.approx(ours[metric].value, rel=1e-6), (model.streaming, metric)
+
+
+@pytest.mark.slow
+def test_main_runs_lm_evals_cli_with_the_harness_model_registered(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import lm_eval.tasks
+
+    # indexing lm-eval's thousands of built-in task YAMLs is what makes its CLI slow; only ours are needed here
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager,
+                                                                       include_defaults=False))
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    write_task(tmp_path, "toy_cli", """\
+        output_type: loglikelihood_rolling
+        doc_to_text: ""
+        doc_to_target: "{{text}}"
+        metric_list:
+          - metric: word_perplexity
+        """, data)
+    main(["run", "--model", "harness", "--model_args", "name=tpp,preset=tiny,max_length=32", "--tasks", "toy_cli",
+          "--include_path", str(tmp_path), "--device", "cpu", "--batch_size", "2"])
+    table = capsys.readouterr().out
+    assert re.search(r"\|toy_cli\s*\|.*\|word_perplexity\|", table), table
