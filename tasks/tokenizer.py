@@ -28,9 +28,13 @@ _SPECIAL_CANDIDATES = (EOT, "</s>", "<eos>", "<|end_of_text|>", "<s>", "<bos>")
 class ByteTokenizer:
     kind = "bytes"
     vocab_size = 256
-    eot_id = 10  # "\n": no special token exists in a 256-symbol vocabulary
     eot_is_special = False
     path = None
+
+    def __init__(self, eot_id: int | None = None):
+        self.eot_id = 10 if eot_id is None else int(eot_id)  # "\n": a 256-symbol vocabulary has no special token
+        if not 0 <= self.eot_id < 256:
+            raise HarnessError(f"prefix_token {eot_id} is not a byte (0..255)")
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -111,7 +115,7 @@ def load_tokenizer(spec: str | os.PathLike | None, prefix_token: int | None = No
     """'bytes' (or None) -> ByteTokenizer; a tokenizer.json file or a folder holding one -> FastTokenizer;
     any other folder -> transformers.AutoTokenizer with local_files_only=True."""
     if spec is None or str(spec).lower() in ("bytes", "byte", "none"):
-        return ByteTokenizer()
+        return ByteTokenizer(prefix_token)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".json":
         from tokenizers import Tokenizer

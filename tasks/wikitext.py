@@ -231,6 +231,9 @@ class WikiTextTask(Task):
                 raise HarnessError(f"{self.name}: vocab_size applies to the default BPE only; the tokenizer "
                                    f"{spec!r} fixes its own vocabulary")
             return load_tokenizer(spec, prefix_token)
+        if prefix_token is not None:
+            raise HarnessError(f"{self.name}: prefix_token applies to tokenizer=bytes or a tokenizer path; the default "
+                               f"BPE always uses its <|endoftext|> token")
         size = int(vocab_size) if vocab_size is not None else DEFAULT_VOCAB.get(str(preset), DEFAULT_VOCAB["tiny"])
         folder = cache_dir() / "wikitext-tokenizers"
         tok = cached_bpe(self.docs[self.train_split], size, folder)

@@ -105,6 +105,9 @@ def test_loglikelihood_rolling_carries_state_through_the_document(gru_lm):
     text = "A whole document, read with the state carried from its first byte to its last."
     (got,) = gru_lm.loglikelihood_rolling([request("loglikelihood_rolling", text)], disable_tqdm=True)
     assert got == pytest.approx(reference_logprob(gru_lm.model, [10, *text.encode()]), rel=1e-10)
+    other_prefix = HarnessLM(model=gru_lm.model, max_length=4, prefix_token=0)
+    (got0,) = other_prefix.loglikelihood_rolling([request("loglikelihood_rolling", text)], disable_tqdm=True)
+    assert got0 == pytest.approx(reference_logprob(gru_lm.model, [0, *text.encode()]), rel=1e-10)
 
 
 def test_generate_until_is_greedy_and_stops(gru_lm):
