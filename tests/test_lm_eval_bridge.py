@@ -15,7 +15,10 @@ import torch
 from harness.adapter import build_model
 from harness.errors import HarnessError
 from harness.lm_eval_bridge import HarnessLM, main
-from tests.test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob
+try:  # `python -m pytest` puts the repo root on sys.path; plain `pytest` puts tests/ there
+    from tests.test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob
+except ImportError:
+    from test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob
 
 DOCS = [
     {"text": "The cat sat on the mat. It was a sunny day.", "question": "Q: 2+2 =", "choices": [" 4", " 5", " 22"],
