@@ -166,6 +166,17 @@ def leaderboard_command(output_path, model, task, preset):
     click.echo(f"{n} rows -> {csv_path}\nwide table -> {md_path}")
 
 
+@cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                          "help_option_names": []})
+@click.pass_context
+def lm_eval_command(ctx):
+    """Run lm-evaluation-harness with every registered model available as `--model harness`, e.g.
+    harness lm-eval --model harness --model_args name=titans-mac,checkpoint=PATH --tasks wikitext"""
+    from harness.lm_eval_bridge import main as lm_eval_main
+
+    lm_eval_main(list(ctx.args))
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="harness", standalone_mode=False)

@@ -145,7 +145,8 @@ def _train_and_score(cfg: RunConfig) -> dict:
     root = results_root(cfg.output_path)
     notes: list[str] = []
 
-    task = TASKS.load(task_name)(data_dir=cfg.data_dir, data_file=cfg.data_file, **cfg.task_args)
+    task_options = {"preset": cfg.preset, **cfg.task_args}  # tasks may size themselves by preset (e.g. BPE vocab)
+    task = TASKS.load(task_name)(data_dir=cfg.data_dir, data_file=cfg.data_file, **task_options)
     task_info = task.describe()
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, cfg.preset, task.vocab_size, cfg.model_args).to(device)
@@ -200,7 +201,7 @@ def _train_and_score(cfg: RunConfig) -> dict:
     def checkpoint_payload(step: int, final: bool = False) -> dict:
         payload = {"model": model.state_dict(), "model_name": model_name, "preset": cfg.preset,
                    "vocab_size": task.vocab_size, "overrides": cfg.model_args,
-                   "tokenizer": task_info.get("tokenizer"), "step": step, "history": history,
+                   "tokenizer": getattr(task, "tokenizer_path", None) or task_info.get("tokenizer"), "step": step, "history": history,
                    "run_config": asdict(cfg)}
         if not final:
             payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
