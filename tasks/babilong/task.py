@@ -14,7 +14,8 @@ sample lengths are always GPT-2 token counts, as in the benchmark.
 
 Defaults (`harness eval --task babilong --preset tiny` stays a few CPU minutes): tasks qa1..qa5, lengths
 0k,1k,2k,4k, 20 samples per cell, train_length 0k. Ask for more with e.g.
-`--task-arg lengths=0k,1k,4k,16k,128k --task-arg samples=100`.
+`--task-arg lengths=0k,1k,4k,16k,128k --task-arg samples=100`. The runner's `limit` can only lower the samples per
+cell (a preset's token limit for LM tasks must not turn into 131072 samples).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tasks.babilong.streaming import (argmax_first, greedy_generate, score_choic
 DEFAULT_LENGTHS = "0k,1k,2k,4k"
 TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the training context
 OPTIONS = ("source", "tasks", "lengths", "train_length", "samples", "seed", "scoring", "tokenizer",
-           "max_new_tokens", "babi_dir", "books_dir", "tokenizer_dir", "data_dir", "data_file")
+           "max_new_tokens", "segment_len", "babi_dir", "books_dir", "tokenizer_dir", "data_dir", "data_file")
 
 
 class ByteCodec:
@@ -81,7 +82,7 @@ class BabilongTask(Task):
 
     def __init__(self, source: str = "auto", tasks: str = ",".join(TASKS), lengths: str = DEFAULT_LENGTHS,
                  train_length: str = "0k", samples=20, seed=0, scoring: str = "choice", tokenizer: str = "bytes",
-                 max_new_tokens=None, data_dir=None, babi_dir=None, books_dir=None, tokenizer_dir=None,
+                 max_new_tokens=None, segment_len=None, data_dir=None, babi_dir=None, books_dir=None, tokenizer_dir=None,
                  data_file=None, **unknown):
         if unknown:
             raise HarnessError(f"unknown BABILong option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
@@ -111,11 +112,13 @@ class BabilongTask(Task):
         self.vocab_size = self.codec.vocab_size
         self.max_new_tokens = _as_int(max_new_tokens, "max_new_tokens", 1) if max_new_tokens is not None else (
             20 if tokenizer == "gpt2" else 40)  # the benchmark generates 20 GPT-2 tokens; ~40 bytes say as much
+        self.segment_len = _as_int(segment_len, "segment_len", 1) if segment_len is not None else None
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
                             for t in self.tasks}
         self.train_stats = {"rows": 0, "truncated": 0, "redrawn": 0}
         self.table: dict[str, dict[str, float]] | None = None
+        self.last_eval: dict = {}
         self.eval_notes: list[str] = []
 
     # -- samples ----------------------------------------------------------------------------------------------
@@ -195,9 +198,21 @@ class BabilongTask(Task):
             return compare_answers(sample.target, self.codec.decode(out), sample.question, labels)
         return labels[argmax_first(scores)].lower() == sample.target.lower()
 
+    def segment_length(self, model, seq_len: int) -> int:
+        """Tokens fed per call: the training context by default (`segment_len` overrides); attention models,
+        which re-read their window on every call anyway, are fed a whole window at a time."""
+        seg = self.segment_len or seq_len
+        if model.streaming == "window" and model.max_context:
+            seg = max(seg, model.max_context)
+        return seg
+
     @torch.no_grad()
     def evaluate(self, model, *, device, seq_len, batch_size, limit=None, progress=True):
-        n = self.samples if limit is None else _as_int(limit, "limit", 1)
+        # `limit` caps the samples per (task, length) cell; the `samples` option sets them
+        n = self.samples if limit is None else min(self.samples, _as_int(limit, "limit", 1))
+        seg_len = self.segment_length(model, seq_len)
+        self.last_eval = {"samples_per_cell": n, "segment_len": seg_len, "model_streaming": model.streaming,
+                          "model_window": model.max_context}
         model.eval()
         metrics: dict[str, Metric] = {}
         cells: dict[tuple[str, str], tuple[float, float | None, int]] = {}
@@ -209,7 +224,7 @@ class BabilongTask(Task):
             for task in self.tasks:
                 outcomes = []
                 for sample in self.eval_samples(task, length, tokens, n):
-                    correct = self._predict(model, sample, device, seq_len)
+                    correct = self._predict(model, sample, device, seg_len)
                     bar.update(1)
                     if correct is None:
                         skipped += 1
@@ -258,6 +273,7 @@ class BabilongTask(Task):
             "prompt_template": PROMPT_TEMPLATE,
             "accuracy_unit": "percent; stderr binomial; acc/mean/<len> = unweighted mean over tasks",
             "eval_notes": list(self.eval_notes),
+            "evaluation": dict(self.last_eval),
         }
         if self.table is not None:
             info["accuracy_table"] = self.table
