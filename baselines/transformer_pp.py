@@ -41,7 +41,7 @@ class TransformerPP(WindowStreaming, LMAdapter):
             use_abs_pos_emb=False,
             attn_layers=Decoder(
                 dim=config.dim, depth=config.depth, heads=config.heads, attn_dim_head=config.dim // config.heads,
-                rotary_pos_emb=True,
+                rotary_pos_emb=True, rotary_emb_dim=config.dim // config.heads,  # full-width RoPE as in LLaMA
                 use_rmsnorm=True, ff_glu=True, ff_swish=True, ff_mult=config.ff_mult, ff_no_bias=True,
                 attn_flash=True,
             ),

@@ -43,7 +43,7 @@ MEDIUM = TrainingPreset("medium", "~360M", steps=50000, batch_size=64, seq_len=1
 LARGE = TrainingPreset("large", "~760M", steps=100000, batch_size=64, seq_len=2048, lr=4e-4, warmup_steps=2000,
                        eval_every=2000, eval_batches=64, checkpoint_every=2000)
 # The 5-dollar-llm MoE baseline's GPU24GB budget (seed 000): batch 16, seq 1024, 800 steps.
-GPU24GB = TrainingPreset("gpu24gb", "~50M (MoE total)", steps=800, batch_size=16, seq_len=1024, lr=6e-3,
+GPU24GB = TrainingPreset("gpu24gb", "~210M MoE total (8 SwiGLU experts, top-2)", steps=800, batch_size=16, seq_len=1024, lr=6e-3,
                          warmup_steps=40, eval_every=100, eval_batches=16, checkpoint_every=200)
 # The TitanMAC GPU24GB configuration of seed 000/001 (~52M parameters with neural memory), same budget.
 TITANMAC_24GB = TrainingPreset("titanmac-24gb", "~52M", steps=800, batch_size=16, seq_len=1024, lr=6e-3,

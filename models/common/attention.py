@@ -105,7 +105,6 @@ class SlidingWindowAttention(nn.Module):
         if self.persistent is not None:
             _, pk, pv = self.qkv(self.persistent).view(-1, 3, H, D).permute(1, 2, 0, 3)  # [H, P, D] each
         y = sliding_window_attention(q, k, v, self.window, pk, pv)
-        keep = max(self.window - 1, 0)
-        new_state = {"k": k[:, :, k.shape[2] - keep:].detach() if keep else k[:, :, :0],
-                     "v": v[:, :, v.shape[2] - keep:].detach() if keep else v[:, :, :0], "pos": start + T}
+        cut = max(k.shape[2] - (self.window - 1), 0)  # keep at most window-1 keys (fewer early in a stream)
+        new_state = {"k": k[:, :, cut:].detach(), "v": v[:, :, cut:].detach(), "pos": start + T}
         return self.out(y.transpose(1, 2).reshape(B, T, d)), new_state

@@ -1,0 +1,276 @@
+"""The task runner: build a model for a task, train it with the preset's budget, score it on the test split and
+write the run record.
+
+Determinism: the model is initialised from `seed`, batches are a pure function of (seed, step), and a checkpoint
+holds the model, optimizer, scheduler and RNG states, so on the CPU a resumed run is bit-identical to an
+uninterrupted one. A NaN/inf loss stops the run with a clear error; the last good checkpoint is left in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import resource
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness import leaderboard
+from harness.adapter import build_model
+from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.errors import HarnessError, TrainingDiverged
+from harness.registry import MODELS, OPTIMIZERS, PRESETS, TASKS
+from harness.results import environment, git_info, package_versions, results_root, utc_now, write_record
+
+
+@dataclass
+class RunConfig:
+    model: str  # registry name or alias
+    task: str  # registry name or alias
+    preset: str = "tiny"  # scale: model flavor + training budget
+    optimizer: str = "adamw"
+    seed: int = 0
+    steps: int | None = None  # overrides the preset's training steps (0: score without training)
+    batch_size: int | None = None
+    seq_len: int | None = None
+    lr: float | None = None
+    eval_every: int | None = None  # validation cadence in steps (0: only at the end)
+    eval_batches: int | None = None  # validation batches per periodic evaluation
+    checkpoint_every: int | None = None
+    limit: int | None = None  # caps what the test evaluation scores (task-defined units)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data_dir: str | None = None
+    data_file: str | None = None
+    model_args: dict = field(default_factory=dict)  # flavor overrides, e.g. {"depth": 2}
+    task_args: dict = field(default_factory=dict)
+    optimizer_args: dict = field(default_factory=dict)
+    checkpoint: str | None = None  # score these weights instead of training
+    resume: bool = False  # continue from this configuration's last checkpoint if one exists
+    output_path: str | None = None  # results root (runs/, checkpoints/, plots/, leaderboard.*)
+    update_leaderboard: bool = True
+    progress: bool = True
+    compile: bool = False  # torch.compile the model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise HarnessError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def lm_loss(model, inputs, targets, aux_weight: float = 1.0):
+    """(total, cross-entropy, aux). Models with a loss of their own (e.g. deep supervision) define training_loss."""
+    if hasattr(model, "training_loss"):
+        ce, aux = model.training_loss(inputs, targets)
+    else:
+        logits, aux = model(inputs)
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    return ce + aux_weight * aux, ce, aux
+
+
+def cosine_schedule(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def run_key(cfg: RunConfig, budget, task_info: dict) -> str:
+    """Identity of a training run: what determines its weights (not where results go)."""
+    ident = {"model": MODELS.resolve(cfg.model).name, "task": TASKS.resolve(cfg.task).name, "preset": cfg.preset,
+             "optimizer": OPTIMIZERS.resolve(cfg.optimizer).name, "seed": cfg.seed, "budget": budget.to_dict(),
+             "model_args": cfg.model_args, "task_args": cfg.task_args, "optimizer_args": cfg.optimizer_args,
+             "data": task_info.get("sha256") or task_info.get("source")}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB: process peak RSS
+
+
+@torch.no_grad()
+def validation_loss(model, task, budget, device, autocast) -> float:
+    model.eval()
+    losses = []
+    for i in range(budget.eval_batches):
+        inputs, targets = (t.to(device) for t in task.val_batch(i, budget.batch_size, budget.seq_len))
+        with autocast():
+            _, ce, _ = lm_loss(model, inputs, targets)
+        losses.append(ce.item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def run(cfg: RunConfig) -> tuple[dict, Path]:
+    """Train (or load) and score one model on one task; returns the record and where it was written."""
+    wall_start = time.perf_counter()
+    # Resolve every name first, so a typo fails before any data is read.
+    model_name, task_name = MODELS.resolve(cfg.model).name, TASKS.resolve(cfg.task).name
+    optimizer_name = OPTIMIZERS.resolve(cfg.optimizer).name
+    budget = PRESETS.load(cfg.preset).with_overrides(
+        steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr, eval_every=cfg.eval_every,
+        eval_batches=cfg.eval_batches, checkpoint_every=cfg.checkpoint_every)
+    if budget.steps < 0 or budget.batch_size < 1 or budget.seq_len < 2:
+        raise HarnessError("--steps must be >= 0, --batch-size >= 1 and --seq-len >= 2")
+    device = resolve_device(cfg.device)
+    root = results_root(cfg.output_path)
+    notes: list[str] = []
+
+    task = TASKS.load(task_name)(data_dir=cfg.data_dir, data_file=cfg.data_file, **cfg.task_args)
+    task_info = task.describe()
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, cfg.preset, task.vocab_size, cfg.model_args).to(device)
+    n_params = model.num_parameters()
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        dtype = "bfloat16-autocast"
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        dtype = "float32"
+        autocast = contextlib.nullcontext
+    train_model = torch.compile(model) if cfg.compile else model
+
+    key = run_key(cfg, budget, task_info)
+    ckpt_path = root / "checkpoints" / f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}.pt"
+    history: dict = {"train": [], "val": []}
+    start_step, resumed_from = 0, None
+    steps = budget.steps
+
+    if cfg.checkpoint:
+        payload = load_checkpoint(cfg.checkpoint)
+        if payload.get("model_name") not in (None, model_name):
+            raise HarnessError(f"checkpoint {cfg.checkpoint} holds a {payload['model_name']!r} model, not {model_name!r}")
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise HarnessError(f"checkpoint {cfg.checkpoint} does not fit {model_name} at preset {cfg.preset}: "
+                               f"{str(exc).splitlines()[0]}") from exc
+        steps, history = 0, payload.get("history", history)
+        notes.append(f"weights loaded from {cfg.checkpoint}; not trained in this run")
+
+    def loss_fn(m, inputs, targets):
+        return lm_loss(m, inputs, targets, budget.aux_loss_weight)[0]
+
+    optimizer = OPTIMIZERS.load(optimizer_name)(model, budget, loss_fn=loss_fn, **cfg.optimizer_args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_schedule(budget.warmup_steps, max(steps, 1), budget.min_lr_ratio))
+
+    if steps and cfg.resume and ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        set_rng_state(payload["rng"])
+        start_step = resumed_from = payload["step"]
+        history = payload["history"]
+        print(f"resuming from step {start_step} of {ckpt_path}")
+
+    def checkpoint_payload(step: int, final: bool = False) -> dict:
+        payload = {"model": model.state_dict(), "model_name": model_name, "preset": cfg.preset,
+                   "vocab_size": task.vocab_size, "overrides": cfg.model_args,
+                   "tokenizer": task_info.get("tokenizer"), "step": step, "history": history,
+                   "run_config": asdict(cfg)}
+        if not final:
+            payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
+        return payload
+
+    # ---------------------------------------------------------------- training
+    recent = deque(maxlen=4)  # recent batches, for optimizers that meta-learn on them
+    train_time, tokens_seen = 0.0, start_step * budget.batch_size * budget.seq_len
+    tokens_this_run = 0  # for tokens/s: a resumed run times only the steps it ran
+    model.train()
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train {model_name}",
+               disable=not cfg.progress or steps == 0, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        inputs, targets = (t.to(device) for t in task.train_batch(step, budget.batch_size, budget.seq_len, cfg.seed))
+        with autocast():
+            loss, ce, aux = lm_loss(train_model, inputs, targets, budget.aux_loss_weight)
+        if not torch.isfinite(loss):
+            last = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step}; {last} (try a lower --lr)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), budget.grad_clip).item()
+                     if budget.grad_clip else float("nan"))
+        if hasattr(optimizer, "observe_loss"):
+            optimizer.observe_loss(loss.item())
+        optimizer.step()
+        scheduler.step()
+        recent.append((inputs, targets))
+        train_time += time.perf_counter() - t0
+        tokens_seen += inputs.numel()
+        tokens_this_run += inputs.numel()
+        history["train"].append([step + 1, round(ce.item(), 6), round(float(aux), 6)])
+        bar.set_postfix(loss=f"{ce.item():.3f}", tok_s=f"{tokens_this_run / max(train_time, 1e-9):,.0f}",
+                        refresh=False)
+        done = step + 1
+        if budget.eval_every and done % budget.eval_every == 0 and done < steps:
+            val = validation_loss(model, task, budget, device, autocast)
+            history["val"].append([done, round(val, 6)])
+            bar.write(f"step {done}: val loss {val:.4f}")
+            if hasattr(optimizer, "meta_update") and getattr(optimizer, "mode", None) == "explicit":
+                optimizer.meta_update(val_batch=task.val_batch(0, budget.batch_size, budget.seq_len),
+                                      train_batches=list(recent), use_unrolled=True)
+        if budget.checkpoint_every and done % budget.checkpoint_every == 0 and done < steps:
+            save_checkpoint(ckpt_path, checkpoint_payload(done))
+    bar.close()
+
+    if steps and start_step < steps:
+        history["val"].append([steps, round(validation_loss(model, task, budget, device, autocast), 6)])
+        save_checkpoint(ckpt_path, checkpoint_payload(steps, final=False))
+
+    # ---------------------------------------------------------------- scoring
+    eval_start = time.perf_counter()
+    limit = cfg.limit if cfg.limit is not None else budget.eval_limit
+    with autocast():
+        metrics = task.evaluate(model, device=device, seq_len=budget.seq_len, batch_size=budget.batch_size,
+                                limit=limit, progress=cfg.progress)
+    eval_time = time.perf_counter() - eval_start
+
+    record = {
+        "run_id": key, "created": utc_now(), "model": model_name, "preset": cfg.preset, "params": n_params,
+        "task": task_name, "primary_metric": task.primary_metric,
+        "metrics": {name: m.to_dict() for name, m in metrics.items()},
+        "optimizer": optimizer_name, "optimizer_args": cfg.optimizer_args, "seed": cfg.seed,
+        "device": str(device), "dtype": dtype,
+        "training": {"steps": steps, "batch_size": budget.batch_size, "seq_len": budget.seq_len, "lr": budget.lr,
+                     "tokens_seen": tokens_seen, "train_time_s": round(train_time, 3),
+                     "tokens_per_s": round(tokens_this_run / train_time, 1) if train_time else None,
+                     "resumed_from_step": resumed_from, "budget": budget.to_dict(),
+                     "final_train_loss": history["train"][-1][1] if history["train"] else None,
+                     "curve": history["train"], "val_curve": history["val"]},
+        "eval": {"limit": limit, "seq_len": budget.seq_len, "time_s": round(eval_time, 3)},
+        "wall_time_s": round(time.perf_counter() - wall_start, 3), "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "model_info": model.describe(), "model_args": cfg.model_args, "task_args": cfg.task_args,
+        "task_info": task_info, "checkpoint": str(cfg.checkpoint or ckpt_path) if (steps or cfg.checkpoint) else None,
+        "versions": package_versions(), "git": git_info(), "environment": environment(device), "notes": notes,
+    }
+    if hasattr(optimizer, "report"):
+        record["optimizer_report"] = optimizer.report()
+    if hasattr(task, "artifacts"):
+        record["artifacts"] = [str(p) for p in task.artifacts(record, root)]
+    path = write_record(record, root)
+    if cfg.update_leaderboard:
+        leaderboard.rebuild(root)
+    return record, path

@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (CI has it beside the clone)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def small_text(tmp_path) -> Path:
+    """A deterministic ~40 KB text file for fast end-to-end runs."""
+    words = ("the quick brown fox jumps over the lazy dog while memory models read long books and "
+             "remember every fact they see ").split()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(words), (8000,), generator=g).tolist()
+    path = tmp_path / "corpus.txt"
+    path.write_text(" ".join(words[i] for i in idx))
+    return path
