@@ -119,6 +119,7 @@ def test_metrics_table_and_heatmap(tmp_path):
     assert record["source"] == "generator" and record["lengths"]["2k"] == {"tokens": 2000, "context_tokens": 1700}
     paths = task.artifacts({"metrics": {k: v.to_dict() for k, v in metrics.items()}, "model": "toy"}, tmp_path)
     assert paths == [str(tmp_path / "plots" / "babilong_toy.png")]
+    assert task.describe()["accuracy_table"]["mean"]["0k"] == metrics["acc/mean/0k"].value
     assert Path(paths[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

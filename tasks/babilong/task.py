@@ -280,22 +280,25 @@ class BabilongTask(Task):
         return info
 
     def artifacts(self, record, results_dir) -> list[str]:
-        """The accuracy heatmap, written to <results_dir>/plots/; returns the written paths."""
+        """The accuracy heatmap, written to <results_dir>/plots/; returns the written paths. The runner records
+        describe() before training, so the accuracy table and what evaluation found are added to the record's
+        task_info here."""
         from tasks.babilong.plot import plot_heatmap
 
         metrics = record.get("metrics") if isinstance(record, dict) else None
         table = table_from_metrics(metrics) if metrics else self.table
         if not table:
             return []
+        if isinstance(record, dict) and isinstance(record.get("task_info", {}), dict):
+            record.setdefault("task_info", {}).update(
+                accuracy_table=table, eval_notes=list(self.eval_notes), evaluation=dict(self.last_eval),
+                train_rows=dict(self.train_stats), source=self.source.name, source_choice=self.source_note)
         tag = "babilong"
         if isinstance(record, dict):
-            for key in ("run_id", "run", "id", "model"):
-                value = record.get(key)
-                if isinstance(value, dict):
-                    value = value.get("name") or value.get("registry_name")
-                if isinstance(value, str) and value:
-                    tag = f"babilong_{value}"
-                    break
+            parts = [record.get(k) for k in ("model", "preset", "run_id")]
+            parts = [p for p in parts if isinstance(p, str) and p]
+            if parts:
+                tag = "_".join(["babilong", *parts])
         tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)
         path = Path(results_dir) / "plots" / f"{tag}.png"
         title = f"BABILong accuracy (%), source: {self.source.name}"
