@@ -170,9 +170,14 @@ class SampleSource:
             samples.append(self.make_sample(story, task, length, length_tokens, "eval", rng))
         return samples
 
-    def train_sample(self, task: str, length: str, length_tokens: int, seed: int, index: int) -> BabilongSample:
+    def train_sample(self, task: str, length: str, length_tokens: int, seed: int, index: int,
+                     max_lines: int | None = None) -> BabilongSample:
+        """A training sample; `max_lines` can cap the story further (so that it fits a short training context)."""
         rng = self.rng("train", task, length_tokens, index, seed=seed)
-        story = self.random_story(task, "train", rng, max_story_lines(length_tokens))
+        limit = max_story_lines(length_tokens)
+        if max_lines is not None:
+            limit = max_lines if limit is None else min(limit, max_lines)
+        story = self.random_story(task, "train", rng, limit)
         return self.make_sample(story, task, length, length_tokens, "train", rng)
 
 
@@ -218,6 +223,9 @@ class BabilongBuilder(SampleSource):
 
     def random_story(self, task, split, rng, max_lines):
         pool = [s for s in self.stories(task, split) if max_lines is None or s.n_lines <= max_lines]
+        if not pool and split == "train":  # a training cap shorter than every story: take the shortest ones
+            shortest = min(s.n_lines for s in self.stories(task, split))
+            pool = [s for s in self.stories(task, split) if s.n_lines == shortest]
         if not pool:
             raise DataError(f"no {task} story in {self._files[task, split]} has at most {max_lines} lines")
         return pool[int(rng.integers(len(pool)))]

@@ -59,7 +59,7 @@ class HFSource:
         rows = self._load(self.eval_repo, length, task)
         return [self._sample(r, task, length) for r in rows[:n]]
 
-    def train_sample(self, task, length, length_tokens, seed, index):
+    def train_sample(self, task, length, length_tokens, seed, index, max_lines=None):  # fixed samples: no cap
         rows = self._load(self.train_repo, length, task)
         j = int(np.random.default_rng([seed, 0, TASKS.index(task) + 1, length_tokens, index]).integers(len(rows)))
         return self._sample(rows[j], task, length)

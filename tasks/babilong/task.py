@@ -116,7 +116,9 @@ class BabilongTask(Task):
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
                             for t in self.tasks}
-        self.train_stats = {"rows": 0, "truncated": 0, "redrawn": 0}
+        # rows made, rows whose sample was cut at the left (no draw fitted), rows that needed a redraw, and the
+        # story-length cap used for the training context
+        self.train_stats = {"rows": 0, "truncated": 0, "redrawn": 0, "story_line_cap": None}
         self.table: dict[str, dict[str, float]] | None = None
         self.last_eval: dict = {}
         self.eval_notes: list[str] = []
@@ -136,13 +138,19 @@ class BabilongTask(Task):
             self._fall_through(exc)
             return self.source.eval_samples(task, length, length_tokens, n)
 
-    def _train_sample(self, task, index, seed):
+    def train_story_cap(self, seq_len: int) -> int | None:
+        """Longest story (lines) worth drawing for a training context of seq_len tokens: a bAbI line is ~30
+        bytes (~8 GPT-2 tokens) and the prompt frame ~50 bytes; longer stories would only be cut."""
+        per_line, frame = (30, 50) if isinstance(self.codec, ByteCodec) else (8, 15)
+        return max(3, (seq_len - frame) // per_line)
+
+    def _train_sample(self, task, index, seed, max_lines=None):
         length, tokens = self.train_length
         try:
-            return self.source.train_sample(task, length, tokens, seed, index)
+            return self.source.train_sample(task, length, tokens, seed, index, max_lines)
         except DataError as exc:
             self._fall_through(exc)
-            return self.source.train_sample(task, length, tokens, seed, index)
+            return self.source.train_sample(task, length, tokens, seed, index, max_lines)
 
     def encode_example(self, sample) -> tuple[list[int], int]:
         """(prompt + answer tokens, number of answer tokens)."""
@@ -153,11 +161,14 @@ class BabilongTask(Task):
     def _rows(self, step: int, batch_size: int, seq_len: int, seed: int):
         inputs = torch.full((batch_size, seq_len), self.codec.pad_id, dtype=torch.long)
         targets = torch.full((batch_size, seq_len), -100, dtype=torch.long)
+        cap = self.train_story_cap(seq_len)
+        self.train_stats["story_line_cap"] = cap
         for b in range(batch_size):
             index = step * batch_size + b
             task = self.tasks[index % len(self.tasks)]
             for attempt in range(TRAIN_FIT_TRIES):
-                ids, n_answer = self.encode_example(self._train_sample(task, index * TRAIN_FIT_TRIES + attempt, seed))
+                ids, n_answer = self.encode_example(
+                    self._train_sample(task, index * TRAIN_FIT_TRIES + attempt, seed, cap))
                 if len(ids) <= seq_len + 1:
                     break
             self.train_stats["rows"] += 1
