@@ -10,3 +10,5 @@ TASKS.register("wikitext103", "tasks.wikitext:build_wikitext103", aliases=("wiki
                summary="WikiText-103 word/byte/token perplexity, lm-eval-style article scoring (HF or --data-dir)")
 TASKS.register("wikitext2", "tasks.wikitext:build_wikitext2", aliases=("wikitext-2", "wt2"),
                summary="WikiText-2, same as wikitext103 (small; offline: valid/test in ../shared/data/wikitext-2)")
+TASKS.register("babilong", "tasks.babilong.task:build", aliases=("babi-long",),
+               summary="BABILong qa1-qa5: bAbI facts in long background text, accuracy by task and length")

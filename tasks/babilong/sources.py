@@ -1,0 +1,122 @@
+"""Where BABILong samples come from, all in one sample format (`BabilongSample`):
+
+- "hf": the official datasets on the Hugging Face Hub, `RMT-team/babilong` (evaluation; configs are length
+  names, splits are tasks, fields input/question/target) and `RMT-team/babilong-train-5k-samples` (training),
+  through `datasets.load_dataset` (cached by `datasets`). Offline, or for a length the Hub does not hold, this is a
+  one-line DataError.
+- "builder": samples of any length built from bAbI files + background books in --data-dir (see builder.py).
+- "generator": the built-in generator (generator.py), no files at all.
+- "auto": the builder when --data-dir holds bAbI, books and the GPT-2 tokenizer files; else the Hub when it can be
+  reached; else the generator. The record says which source was used and why the others were not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+
+from harness.data import data_dirs
+from harness.errors import DataError, HarnessError
+from tasks.babilong.builder import BabilongBuilder
+from tasks.babilong.common import BabilongSample, TASKS
+from tasks.babilong.generator import BabilongGenerator
+
+HF_EVAL = "RMT-team/babilong"
+HF_TRAIN = "RMT-team/babilong-train-5k-samples"
+SOURCES = ("auto", "hf", "builder", "generator")
+
+
+class HFSource:
+    """The official datasets; every (task, length) is loaded once and kept."""
+
+    name = "hf"
+
+    def __init__(self, eval_repo: str = HF_EVAL, train_repo: str = HF_TRAIN, seed: int = 0):
+        self.eval_repo, self.train_repo, self.seed = eval_repo, train_repo, seed
+        self._cache: dict[tuple[str, str, str], list[dict]] = {}
+
+    def _load(self, repo: str, length: str, task: str) -> list[dict]:
+        key = (repo, length, task)
+        if key not in self._cache:
+            try:
+                import datasets
+
+                rows = datasets.load_dataset(repo, length, split=task)
+            except Exception as exc:  # offline, unknown config/split, hub errors: one line for the user
+                raise DataError(f"could not load {repo} config {length!r} split {task!r} from the Hugging Face "
+                                f"Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                f"use --task-arg source=builder --data-dir DIR or source=generator offline") from exc
+            self._cache[key] = [{"input": r["input"], "question": r["question"], "target": r["target"]} for r in rows]
+        return self._cache[key]
+
+    def _sample(self, row: dict, task: str, length: str) -> BabilongSample:
+        return BabilongSample(row["input"], row["question"], row["target"], task, length, "hf")
+
+    def eval_samples(self, task, length, length_tokens, n):
+        rows = self._load(self.eval_repo, length, task)
+        return [self._sample(r, task, length) for r in rows[:n]]
+
+    def train_sample(self, task, length, length_tokens, seed, index, max_lines=None):  # fixed samples: no cap
+        rows = self._load(self.train_repo, length, task)
+        j = int(np.random.default_rng([seed, 0, TASKS.index(task) + 1, length_tokens, index]).integers(len(rows)))
+        return self._sample(rows[j], task, length)
+
+    def describe(self):
+        return {"source": "hf", "eval_dataset": self.eval_repo, "train_dataset": self.train_repo,
+                "length_tokenizer": "gpt2 (the datasets' own lengths)", "notes": []}
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True, "huggingface.co reachable"
+    except OSError as exc:
+        return False, f"huggingface.co not reachable ({exc.__class__.__name__})"
+
+
+def find_builder_files(data_dir, babi_dir=None, books_dir=None, tokenizer_dir=None) -> tuple[Path, Path, Path] | None:
+    """(bAbI folder, books folder, GPT-2 tokenizer folder) from explicit options or the data folders, or None."""
+    roots = data_dirs(data_dir) if data_dir or os.environ.get("HARNESS_DATA_DIR") else []
+    def pick(explicit, subpaths, check):
+        if explicit:
+            return Path(explicit)
+        for root in roots:
+            for sub in subpaths:
+                if check(root / sub):
+                    return root / sub
+        return None
+    babi = pick(babi_dir, ("babi", "tasks_1-20_v1-2", "."), lambda p: (p / "en-10k").is_dir() or (p / "en").is_dir())
+    books = pick(books_dir, ("pg19", "books"), lambda p: p.is_dir() and any(p.glob("*.txt")))
+    tok = pick(tokenizer_dir, ("tokenizers/gpt2", "gpt2"),
+               lambda p: (p / "encoder.json").is_file() or (p / "vocab.json").is_file())
+    if babi and books and tok:
+        return babi, books, tok
+    return None
+
+
+def open_source(source: str, seed: int, data_dir=None, babi_dir=None, books_dir=None, tokenizer_dir=None):
+    """The sample source object and a note on how it was chosen."""
+    if source not in SOURCES:
+        raise HarnessError(f"BABILong source {source!r} is not one of {', '.join(SOURCES)}")
+    if source == "generator":
+        return BabilongGenerator(seed), "asked for the built-in generator"
+    if source == "hf":
+        return HFSource(seed=seed), "asked for the Hugging Face datasets"
+    files = find_builder_files(data_dir, babi_dir, books_dir, tokenizer_dir)
+    if source == "builder":
+        if files is None:
+            raise DataError("the BABILong builder needs bAbI files (babi/en-10k), books (pg19/*.txt) and the GPT-2 "
+                            "tokenizer (tokenizers/gpt2/encoder.json + vocab.bpe) under --data-dir, e.g. "
+                            "--data-dir ../shared/data; or set babi_dir / books_dir / tokenizer_dir")
+        return BabilongBuilder(*files, seed=seed), f"builder files from {files[0].parent}"
+    if files is not None:
+        return BabilongBuilder(*files, seed=seed), f"auto: --data-dir holds bAbI + books + GPT-2 tokenizer"
+    ok, why = hub_reachable()
+    if ok:
+        return HFSource(seed=seed), f"auto: no builder files in --data-dir; {why}"
+    return BabilongGenerator(seed), f"auto: no builder files in --data-dir; {why}; using the built-in generator"

@@ -1,0 +1,152 @@
+"""BABILong evaluation: segment-by-segment scoring equals one-call scoring, memory stays bounded at 128k tokens,
+window / non-streaming models are handled and recorded, metrics and the heatmap come out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from babilong_toys import NoStreamLM, RunningMeanLM, ToyConfig, WindowedLM  # noqa: E402
+
+from harness.errors import StreamingUnsupported  # noqa: E402
+from tasks.babilong.common import ANSWER_TEMPLATE, TASK_LABELS  # noqa: E402
+from tasks.babilong.generator import BabilongGenerator, count_tokens  # noqa: E402
+from tasks.babilong.streaming import (continuation_logprob, greedy_generate, score_choices_full, score_choices_streaming,  # noqa: E402
+                                      stream_prompt)
+from tasks.babilong.task import BabilongTask  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscribing a shared CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _encode(text):
+    return list(text.encode("utf-8"))
+
+
+def _candidates(task):
+    return [_encode(ANSWER_TEMPLATE.format(answer=l)) for l in TASK_LABELS[task]]
+
+
+@pytest.mark.parametrize("seg_len", [1, 7, 64, 1000, 100000])
+def test_segment_scoring_equals_one_call(seg_len):
+    torch.manual_seed(0)
+    model = RunningMeanLM()
+    sample = BabilongGenerator(seed=2).eval_samples("qa1", "1k", 1000, 1)[0]
+    prompt = _encode(sample.prompt())[:2000 if seg_len == 1 else None]
+    streamed, longest = score_choices_streaming(model, prompt, _candidates("qa1"), seg_len, "cpu")
+    reference = score_choices_full(model, prompt, _candidates("qa1"), "cpu")
+    assert longest <= seg_len
+    assert streamed == pytest.approx(reference, abs=1e-9, rel=1e-12)  # float64 toy: agreement to rounding
+
+
+@pytest.mark.slow
+def test_a_128k_token_sample_scores_in_bounded_segments():
+    model = RunningMeanLM()
+    sample = BabilongGenerator(seed=0).eval_samples("qa2", "128k", 128000, 1)[0]
+    assert count_tokens(sample.context) == 128000 - 300
+    prompt = _encode(sample.prompt())
+    assert len(prompt) > 500_000  # bytes
+    model.max_input = 0
+    logprobs, state, longest = stream_prompt(model, prompt, 4096, "cpu")
+    assert longest == 4096 and model.max_input <= 4096  # never more than one segment in a call
+    assert [tuple(t.shape) for t in state] == [(1, 8), (1, 1)]  # the state does not grow with the stream
+    assert float(state[1]) == len(prompt)
+    scores = [continuation_logprob(model, logprobs, state, c, "cpu") for c in _candidates("qa2")]
+    assert len(scores) == 6 and all(s < 0 for s in scores)
+
+
+def test_candidate_scoring_does_not_disturb_the_state():
+    model = RunningMeanLM()
+    prompt = _encode("<context>\nMary went to the garden.\n</context>\n\nQuestion: Where is Mary?\nAnswer:")
+    once = score_choices_streaming(model, prompt, _candidates("qa1"), 16, "cpu")[0]
+    reversed_order = score_choices_streaming(model, prompt, _candidates("qa1")[::-1], 16, "cpu")[0][::-1]
+    assert once == reversed_order
+
+
+def test_greedy_generation_streams_like_one_call():
+    model = RunningMeanLM()
+    prompt = _encode("Question: Where is Mary?\nAnswer:")
+    out = greedy_generate(model, prompt, 5, "cpu", max_new_tokens=6)
+    ids = list(prompt)
+    for _ in range(6):  # reference: re-run the whole sequence each step
+        logits, _ = model(torch.tensor([ids]))
+        ids.append(int(logits[0, -1].argmax()))
+    assert out == ids[len(prompt):]
+
+
+def test_non_streaming_models_are_refused_or_skipped():
+    with pytest.raises(StreamingUnsupported):
+        stream_prompt(NoStreamLM(), [1, 2, 3], 2, "cpu")
+    model = NoStreamLM(ToyConfig(max_seq_len=300))
+    task = BabilongTask(source="generator", tasks="qa4", lengths="0k,1k", samples=2)
+    metrics = task.evaluate(model, device="cpu", seq_len=64, batch_size=1, progress=False)
+    assert metrics["acc/qa4/0k"].n == 2  # 0k samples fit one call
+    assert "acc/qa4/1k" not in metrics  # 1k samples do not, and the record says so
+    assert any("skipped" in note for note in task.describe()["eval_notes"])
+
+
+def test_window_models_score_and_the_record_says_where_the_window_was_exceeded():
+    model = WindowedLM(ToyConfig(max_seq_len=512))
+    task = BabilongTask(source="generator", tasks="qa1,qa4", lengths="0k,1k", samples=2)
+    metrics = task.evaluate(model, device="cpu", seq_len=128, batch_size=1, progress=False)
+    assert {"acc/qa1/0k", "acc/qa4/1k", "acc/mean/0k", "acc/mean/1k", "acc/mean"} <= set(metrics)
+    notes = task.describe()["eval_notes"]
+    assert any(note.startswith("1k:") and "window" in note for note in notes)
+    assert not any(note.startswith("0k:") for note in notes)
+
+
+def test_metrics_table_and_heatmap(tmp_path):
+    task = BabilongTask(source="generator", tasks="qa1,qa5", lengths="0k,2k", samples=3)
+    metrics = task.evaluate(RunningMeanLM(), device="cpu", seq_len=256, batch_size=1, progress=False)
+    for key in ("acc/qa1/0k", "acc/qa5/2k", "acc/mean/0k", "acc/mean/2k", "acc/mean"):
+        m = metrics[key]
+        assert 0 <= m.value <= 100 and m.higher_is_better
+    assert metrics["acc/qa1/0k"].n == 3 and metrics["acc/mean/2k"].n == 6 and metrics["acc/mean"].n == 12
+    mean_0k = (metrics["acc/qa1/0k"].value + metrics["acc/qa5/0k"].value) / 2
+    assert metrics["acc/mean/0k"].value == pytest.approx(mean_0k)
+    record = task.describe()
+    assert record["accuracy_table"]["qa5"]["2k"] == metrics["acc/qa5/2k"].value
+    assert record["source"] == "generator" and record["lengths"]["2k"] == {"tokens": 2000, "context_tokens": 1700}
+    paths = task.artifacts({"metrics": {k: v.to_dict() for k, v in metrics.items()}, "model": "toy"}, tmp_path)
+    assert paths == [str(tmp_path / "plots" / "babilong_toy.png")]
+    assert task.describe()["accuracy_table"]["mean"]["0k"] == metrics["acc/mean/0k"].value
+    assert Path(paths[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_constrained_choice_picks_the_label_a_model_prefers():
+    """A model that always puts its mass on the bytes of ' office.' must answer 'office' for every sample."""
+
+    class OfficeLM(RunningMeanLM):
+        def forward_with_state(self, input_ids, state):
+            logits, aux, state = super().forward_with_state(input_ids, state)
+            return logits * 0 + torch.nn.functional.one_hot(
+                torch.tensor(ord("o")), 256).double() * 5, aux, state
+
+    task = BabilongTask(source="generator", tasks="qa1", lengths="0k", samples=30)
+    metrics = task.evaluate(OfficeLM(), device="cpu", seq_len=128, batch_size=1, progress=False)
+    samples = BabilongGenerator(seed=0).eval_samples("qa1", "0k", 0, 30)
+    expected = 100 * sum(s.target == "office" for s in samples) / 30
+    assert metrics["acc/qa1/0k"].value == pytest.approx(expected)
+
+
+def test_a_registered_model_streams_within_its_window():
+    from harness.adapter import build_model
+
+    torch.manual_seed(0)
+    model = build_model("transformer-pp", preset="tiny", vocab_size=256).eval()
+    sample = BabilongGenerator(seed=0).eval_samples("qa1", "0k", 0, 1)[0]
+    prompt = _encode(sample.prompt())
+    streamed, _ = score_choices_streaming(model, prompt, _candidates("qa1"), 64, "cpu")
+    reference = score_choices_full(model, prompt, _candidates("qa1"), "cpu")
+    assert streamed == pytest.approx(reference, abs=1e-3)  # float32, within the 4096-token window
+
