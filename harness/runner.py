@@ -147,6 +147,11 @@ def _train_and_score(cfg: RunConfig) -> dict:
 
     task_options = {"preset": cfg.preset, **cfg.task_args}  # tasks may size themselves by preset (e.g. BPE vocab)
     task = TASKS.load(task_name)(data_dir=cfg.data_dir, data_file=cfg.data_file, **task_options)
+    preferred = getattr(task, "preferred_seq_len", None)
+    if cfg.seq_len is None and preferred and preferred > budget.seq_len:
+        notes.append(f"training context widened from the preset's {budget.seq_len} to the {preferred} tokens "
+                     f"task {task_name} needs")
+        budget = budget.with_overrides(seq_len=preferred)
     task_info = task.describe()
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, cfg.preset, task.vocab_size, cfg.model_args).to(device)

@@ -83,7 +83,7 @@ class BabilongTask(Task):
     def __init__(self, source: str = "auto", tasks: str = ",".join(TASKS), lengths: str = DEFAULT_LENGTHS,
                  train_length: str = "0k", samples=20, seed=0, scoring: str = "choice", tokenizer: str = "bytes",
                  max_new_tokens=None, segment_len=None, data_dir=None, babi_dir=None, books_dir=None, tokenizer_dir=None,
-                 data_file=None, **unknown):
+                 data_file=None, preset=None, **unknown):
         if unknown:
             raise HarnessError(f"unknown BABILong option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
         self.tasks = parse_list(tasks, TASKS, "tasks")
@@ -110,6 +110,9 @@ class BabilongTask(Task):
         else:
             raise HarnessError(f"BABILong tokenizer {tokenizer!r} is not one of bytes, gpt2")
         self.vocab_size = self.codec.vocab_size
+        # Fine-tuning rows (prompt frame + story + answer) need ~256 bytes at 0k; the runner widens a shorter
+        # preset context to this and says so in the record.
+        self.preferred_seq_len = 256 if tokenizer == "bytes" else 128
         self.max_new_tokens = _as_int(max_new_tokens, "max_new_tokens", 1) if max_new_tokens is not None else (
             20 if tokenizer == "gpt2" else 40)  # the benchmark generates 20 GPT-2 tokens; ~40 bytes say as much
         self.segment_len = _as_int(segment_len, "segment_len", 1) if segment_len is not None else None
