@@ -164,6 +164,24 @@ def test_causal_depthwise_conv_matches_conv1d():
     torch.testing.assert_close(new_state, x[:, -3:])
 
 
+def test_causal_depthwise_conv_gradients_match_conv1d():
+    # its hand-written backward (models.common.layers._ShiftedMultiplyAdd) against autograd through nn.Conv1d
+    from models.common import CausalDepthwiseConv
+    torch.manual_seed(0)
+    conv = CausalDepthwiseConv(6, 4).double()
+    x = torch.randn(2, 9, 6, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(2, 9, 6, dtype=torch.float64)
+    (conv(x, state)[0] * probe).sum().backward()
+    got = [t.grad.clone() for t in (x, state, conv.conv.weight, conv.conv.bias)]
+    for t in (x, state, conv.conv.weight, conv.conv.bias):
+        t.grad = None
+    ref = conv.conv(torch.cat([state, x], 1).transpose(1, 2)).transpose(1, 2)
+    (ref * probe).sum().backward()
+    for g, t in zip(got, (x, state, conv.conv.weight, conv.conv.bias)):
+        torch.testing.assert_close(g, t.grad)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_inner_loop_stays_finite_on_a_long_stream(name):
     # regression: with theta_max = 0.1 the momentum inner loop blew up to inf/NaN within ~70 tokens at init

@@ -44,6 +44,37 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.type_as(x)
 
 
+class _ShiftedMultiplyAdd(torch.autograd.Function):
+    """y[:, t] = bias + sum_j w[:, j] * padded[:, t + j] (padded [B, T+K-1, C], w [C, K]) with a hand-written
+    backward: autograd of the slices would zero-fill and copy a full-size gradient per tap, and addcmul's
+    backward makes an extra scaled copy of its input; here each tap is one in-place multiply-add."""
+
+    @staticmethod
+    def forward(ctx, padded, w, bias):
+        K = w.shape[1]
+        T = padded.shape[1] - K + 1
+        y = torch.addcmul(bias, padded[:, :T], w[:, 0])
+        for j in range(1, K):
+            y.addcmul_(padded[:, j:j + T], w[:, j])
+        ctx.save_for_backward(padded, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        padded, w = ctx.saved_tensors
+        K, T = w.shape[1], grad.shape[1]
+        grad_padded = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_padded = padded.new_zeros(padded.shape)
+            for j in range(K):
+                grad_padded[:, j:j + T].addcmul_(grad, w[:, j])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.stack([(grad * padded[:, j:j + T]).sum((0, 1)) for j in range(K)], 1)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 1))
+        return grad_padded, grad_w, grad_bias
+
+
 class CausalDepthwiseConv(nn.Module):
     """Depthwise 1-D convolution over time that sees only the present and the past (kernel_size - 1 steps).
 
@@ -62,8 +93,5 @@ class CausalDepthwiseConv(nn.Module):
         padded = torch.cat([state, x], dim=1)
         # y_t = bias + sum_j w_j * padded_{t+j}: the cross-correlation of self.conv written as kernel_size shifted
         # multiply-adds, faster on the CPU than the depthwise conv kernel (mostly in backward).
-        T, w = x.shape[1], self.conv.weight[:, 0, :]  # [C, kernel]
-        y = torch.addcmul(self.conv.bias, padded[:, :T], w[:, 0])
-        for j in range(1, self.kernel_size):
-            y = torch.addcmul(y, padded[:, j:j + T], w[:, j])
+        y = _ShiftedMultiplyAdd.apply(padded, self.conv.weight[:, 0, :], self.conv.bias)
         return y, padded[:, padded.shape[1] - k:] if k else padded[:, :0]

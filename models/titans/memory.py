@@ -81,8 +81,14 @@ class NeuralMemory(nn.Module):
 
     def _inputs(self, x, conv_state):
         qkv, conv_state = self.conv(self.to_qkv(x), conv_state)
-        q, k, v = (self._heads(t) for t in F.silu(qkv).chunk(3, dim=-1))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        qkv = F.silu(qkv)
+        inner = self.n_heads * self.head_dim
+        # L2-normalise q and k per head in one call on the contiguous [B, T, 2H, d] layout, then split into heads
+        # (x * rsqrt(max(|x|^2, eps^2)) is F.normalize's x / max(|x|, eps) with a cheaper backward than division)
+        qk = qkv[..., :2 * inner].unflatten(-1, (2 * self.n_heads, self.head_dim))
+        qk = qk * qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24).rsqrt()
+        q, k = (self._heads(t.flatten(-2)) for t in qk.chunk(2, dim=-2))
+        v = self._heads(qkv[..., 2 * inner:])
         gates = self.to_gates(x).transpose(1, 2)  # [B, n_gates*H, T]
         parts = list(gates.split(self.n_heads, dim=1))
         theta = self.theta_max * torch.sigmoid(parts.pop(0))

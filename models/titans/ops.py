@@ -77,6 +77,8 @@ def _decay_matrix(logs, tri):
 
 
 def _coefficients(theta, log_keep, log_eta, q, k):
+    # theta arrives negated (-theta): C, c_end and mo_end then carry the update's minus sign, so every update
+    # and read below is a plain (b)addbmm (alpha=-1 would cost an extra multiply per input in backward).
     """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n,
     d]:
     C [.., n, n] (token i's gradient in the state after token t), beta [.., n, 1] (A_0 in that state),
@@ -123,17 +125,17 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
         a_t, d = acts[l].transpose(1, 2), deltas[l]
         if momentum:
             carried = torch.addcmul(coef["beta_end"] * A[l], coef["m_end"], S[l])
-            new_A.append(torch.baddbmm(carried, a_t, coef["c_end"] * d, alpha=-1.0))
-            new_S.append(torch.baddbmm(coef["e_end"] * S[l], a_t, coef["mo_end"] * d, alpha=-1.0))
+            new_A.append(torch.baddbmm(carried, a_t, coef["c_end"] * d))
+            new_S.append(torch.baddbmm(coef["e_end"] * S[l], a_t, coef["mo_end"] * d))
         else:
-            new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d, alpha=-1.0))
+            new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d))
         if retention.linear:  # dual form: no per-token weights
             rA = qA0 if (shared and l == 0) else torch.bmm(r, A[l])
             base = torch.addcmul(beta * rA, coef["m"], torch.bmm(r, S[l])) if momentum else beta * rA
             score = coef["score1"] if l == 0 else C * torch.bmm(r, a_t)
-            z = torch.baddbmm(base, score, d, alpha=-1.0)
+            z = torch.baddbmm(base, score, d)
         else:  # materialise the chunk's per-token states, apply phi to each
-            A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) - torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
+            A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) + torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
             if momentum:
                 A_t = A_t + coef["m"].unsqueeze(-1) * S[l].unsqueeze(1)
             z = torch.einsum("nta,ntac->ntc", r, retention.phi(A_t))
@@ -168,7 +170,7 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     # cut every per-token input into the pieces once (split's backward is one concatenation)
     cut = lambda x, dim: [None] * len(sizes) if x is None else x.split(sizes, dim=dim)  # noqa: E731
     qs, ks, vs, ps = cut(q, 1), cut(k, 1), cut(v, 1), cut(bias_param, 1)
-    coefs = _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size)
+    coefs = _piece_coefficients(-theta, log_keep, log_eta, q, k, sizes, chunk_size)
     outs = []
     for (t, n), qc, kc, vc, pc, coef in zip(pieces, qs, ks, vs, ps, coefs):
         if (pos + t) % chunk_size == 0:
