@@ -147,7 +147,7 @@ def reference_rows(results: dict, created: str | None = None) -> list[dict]:
             if math.isnan(spread):
                 raise HarnessError("--update needs at least 2 seeds to measure the spread (e.g. --seeds 3)")
             tolerance = max(TOLERANCE_SIGMAS * spread, _floor(m, base, values))
-            rows.append({"model": model, "task": task, "metric": metric, "value": f"{m['value']:.6g}",
+            rows.append({"model": model, "task": task, "metric": metric, "value": repr(float(m["value"])),
                          "tolerance": f"{tolerance:.3g}", "seeds": " ".join(map(str, seeds)),
                          "spread": f"{spread:.3g}", "data": data_label(base), "created": created})
     return rows
