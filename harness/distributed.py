@@ -88,11 +88,14 @@ def wrap(ctx: DistContext, model: torch.nn.Module, device: torch.device) -> torc
     if ctx.fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        for module in list(model.modules()):
-            if isinstance(module, torch.nn.ModuleList):
-                for block in module:
-                    if any(p.requires_grad for p in block.parameters()):
-                        fully_shard(block)
+        containers = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+        blocks = [child for module in model.modules() if isinstance(module, containers) for child in module
+                  if child is not None and not isinstance(child, containers)
+                  and any(p.requires_grad for p in child.parameters())]
+        inner = {id(m) for b in blocks for m in b.modules() if m is not b}
+        for block in blocks:  # the outermost blocks inside repeated containers (the layers), then the root
+            if id(block) not in inner:
+                fully_shard(block)
         fully_shard(model)
         return model
     if hasattr(model, "training_loss"):  # it would bypass DDP's forward, and gradients would not be averaged
