@@ -16,8 +16,10 @@ against sequence length to <output-dir>/bench_tokens_per_s.png.
 
 Performance switches (`--switches compile,prefetch,eval,amp`): each runs the real training loop (runner.run,
 task `bytes` on ../shared/data/pg19, --switch-steps steps at the preset's batch and length, no test scoring)
-with the switch off and on, and prints/writes tokens/s (training loop time, and wall time including
-evaluation) to <output-dir>/switches.csv. compile = torch.compile; prefetch = background batch prefetch (depth
+with the switch off and on, and prints/writes steady-state tokens/s to <output-dir>/switches.csv: each setting
+runs S and 2S steps and reports the extra tokens over the extra time, which cancels one-off costs (compilation,
+model build, data loading); "train" is training-loop time (batch waits included, evaluation excluded), "wall"
+includes periodic evaluation. compile = torch.compile; prefetch = background batch prefetch (depth
 2 vs 0); eval = validation every 5 steps with 4 batches vs only at the end; amp = bf16 autocast + TF32 (CUDA
 only).
 """
@@ -199,16 +201,21 @@ def switch_runs(models, preset, switches, steps, device_name, data_file) -> list
                     kw["eval_every"] = 5 if on else 0
                 elif switch == "amp":
                     kw["amp"] = on
-                with tempfile.TemporaryDirectory() as tmp:
-                    cfg = RunConfig(model=model, task="bytes", preset=preset, steps=steps, data_file=data,
-                                    device=device_name, output_path=tmp, update_leaderboard=False, progress=False,
-                                    test=False, checkpoint_every=0, **kw)
-                    record, _ = run(cfg)
-                tr = record["training"]
+                runs = []
+                for n_steps in (steps, 2 * steps):  # the difference cancels one-off costs (compilation, start-up)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        cfg = RunConfig(model=model, task="bytes", preset=preset, steps=n_steps, data_file=data,
+                                        device=device_name, output_path=tmp, update_leaderboard=False,
+                                        progress=False, test=False, checkpoint_every=0, **kw)
+                        runs.append(run(cfg)[0])
+                (short, long_), extra = runs, runs[1]["training"]["tokens_seen"] - runs[0]["training"]["tokens_seen"]
+                d_train = long_["training"]["train_time_s"] - short["training"]["train_time_s"]
+                d_wall = long_["wall_time_s"] - short["wall_time_s"]
                 rows.append({"model": model, "preset": preset, "device": str(device), "switch": switch,
-                             "state": state, "steps": steps, "train_tok_s": tr["tokens_per_s"],
-                             "wall_tok_s": round(tr["tokens_seen"] / record["wall_time_s"], 1)})
-                print(f"  {model:<18} {switch:<9} {state:<3}  train {tr['tokens_per_s']:>10,.0f} tok/s   "
+                             "state": state, "steps": f"{steps}->{2 * steps}",
+                             "train_tok_s": round(extra / d_train, 1) if d_train > 0 else float("nan"),
+                             "wall_tok_s": round(extra / d_wall, 1) if d_wall > 0 else float("nan")})
+                print(f"  {model:<18} {switch:<9} {state:<3}  train {rows[-1]['train_tok_s']:>10,.0f} tok/s   "
                       f"wall {rows[-1]['wall_tok_s']:>10,.0f} tok/s")
     return rows
 
