@@ -174,9 +174,10 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
 
 
 def switch_runs(models, preset, switches, steps, device_name, data_file) -> list[dict]:
+    import tempfile
+
     from harness.regress import DEFAULT_DATA
     from harness.runner import RunConfig, run
-    import tempfile
 
     unknown = sorted(set(switches) - set(SWITCHES))
     if unknown:

@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from harness.leaderboard import aggregate  # noqa: E402
-from harness.results import load_records  # noqa: E402
+from harness.leaderboard import aggregate
+from harness.results import load_records
 
 _LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?)([kKmM]?)$")
 

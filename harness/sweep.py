@@ -105,8 +105,7 @@ def cli_args(cfg) -> list[str]:
 
 def sbatch_script(configs, spec: SlurmSpec, log_dir: str) -> str:
     """An equivalent plain sbatch array script (what submitit submits, written out for review / manual use)."""
-    lines = ["#!/bin/bash", "#SBATCH --job-name=harness-sweep", f"#SBATCH --array=0-{len(configs) - 1}"
-             f"%{spec.array_parallelism}", f"#SBATCH --time={spec.time_min}", f"#SBATCH --cpus-per-task={spec.cpus}",
+    lines = ["#!/bin/bash", "#SBATCH --job-name=harness-sweep", f"#SBATCH --array=0-{len(configs) - 1}%{spec.array_parallelism}", f"#SBATCH --time={spec.time_min}", f"#SBATCH --cpus-per-task={spec.cpus}",
              f"#SBATCH --mem={spec.mem_gb}G", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
              f"#SBATCH --output={log_dir}/%A_%a.out"]
     if spec.gpus:

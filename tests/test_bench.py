@@ -6,8 +6,8 @@ import csv
 import pytest
 import torch
 
-from harness.bench import COLUMNS, flops_per_token, main
 from harness.adapter import build_model
+from harness.bench import COLUMNS, flops_per_token, main
 from harness.prefetch import BatchPrefetcher
 from harness.runner import RunConfig, run
 
@@ -31,7 +31,7 @@ def test_flops_formula_for_attention_models():
 
 
 def test_prefetcher_order_and_errors():
-    make = lambda i: (torch.tensor([i]), torch.tensor([i]))  # noqa: E731
+    make = lambda i: (torch.tensor([i]), torch.tensor([i]))
     assert [s for s, _, _ in BatchPrefetcher(make, 3, 9, depth=2)] == list(range(3, 9))
 
     def broken(i):

@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from harness import regress
-from harness.regress import Case, TOLERANCE_SIGMAS, reference_rows
+from harness.regress import TOLERANCE_SIGMAS, Case, reference_rows
 
 TINY = dict(preset="tiny", steps=3, batch_size=4, seq_len=16, limit=256, eval_every=0, checkpoint_every=0,
             model_args={"depth": "1", "dim": "32", "heads": "2"})
