@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM
 from transformers.cache_utils import Cache, DynamicCache
 

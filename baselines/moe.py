@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.adapter import LMAdapter, WindowStreaming, apply_overrides, flavor

@@ -18,7 +18,7 @@ How a model streams is declared by `streaming`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, fields, is_dataclass, replace
 from typing import Any, ClassVar
 
 import torch

@@ -73,6 +73,9 @@ def _run_options(f=None, *, model_required: bool = True):
         click.option("--output_path", "--output-path", "output_path", type=click.Path(),
                      help="results folder (default ./results or $HARNESS_RESULTS_DIR)"),
         click.option("--compile", is_flag=True, help="torch.compile the model"),
+        click.option("--prefetch", type=int, default=2, show_default=True,
+                     help="batches built ahead in a background thread (0: off); results are identical"),
+        click.option("--no-amp", is_flag=True, help="CUDA: no bf16 autocast / TF32 (float32 throughout)"),
         click.option("--no-progress", is_flag=True, help="no progress bars"),
         click.option("--no-leaderboard", is_flag=True, help="do not rebuild the leaderboard"),
     ]
@@ -94,7 +97,9 @@ def config_from_options(opts: dict):
         task_args=_key_values(opts["task_arg"], "--task-arg"),
         optimizer_args=_key_values(opts["optimizer_arg"], "--optimizer-arg"),
         checkpoint=opts["checkpoint"], resume=opts["resume"], output_path=opts["output_path"],
-        update_leaderboard=not opts["no_leaderboard"], progress=not opts["no_progress"], compile=opts["compile"])
+        update_leaderboard=not opts["no_leaderboard"], progress=not opts["no_progress"], compile=opts["compile"],
+        prefetch=opts.get("prefetch", 2), amp=not opts.get("no_amp", False), test=not opts.get("no_test", False),
+        fsdp=opts.get("fsdp"))
 
 
 @cli.command("eval")
@@ -148,12 +153,33 @@ _opt.__doc__ = "A/B of two optimizers (--a, --b) on the same model (--model), ta
 ab_group.command("optimizer")(_opt)
 
 
+@cli.command("train")
+@_run_options
+@click.option("--no-test", is_flag=True, help="train and checkpoint only; do not score the test split")
+@click.option("--fsdp/--ddp", "fsdp", default=None,
+              help="under torchrun: FSDP2 sharding or DDP (default: FSDP2 for medium/large presets)")
+def train_command(**opts):
+    """Train MODEL on TASK, checkpoint, score (unless --no-test) and write a record. Runs data-parallel on
+    several processes when launched with `torchrun --nproc_per_node N -m harness train ...` (rank 0 writes)."""
+    from harness import distributed
+    from harness.report import print_run
+    from harness.runner import run
+
+    try:
+        record, path = run(config_from_options(opts))
+        if path is not None:
+            print_run(record, path)
+    finally:
+        distributed.teardown()
+
+
 @cli.command("leaderboard")
 @click.option("--output_path", "--output-path", "output_path", type=click.Path(), help="results folder")
 @click.option("--model", help="only this model")
 @click.option("--task", help="only this task")
 @click.option("--preset", help="only this preset")
-def leaderboard_command(output_path, model, task, preset):
+@click.option("--no-plots", is_flag=True, help="skip the plots in <results>/plots")
+def leaderboard_command(output_path, model, task, preset, no_plots):
     """Rebuild results/leaderboard.csv (long) and leaderboard.md (wide) from the run records."""
     from harness.leaderboard import rebuild
     from harness.registry import MODELS, TASKS
@@ -164,6 +190,115 @@ def leaderboard_command(output_path, model, task, preset):
     csv_path, md_path, n = rebuild(results_root(output_path), model=model, task=task, preset=preset)
     click.echo(md_path.read_text())
     click.echo(f"{n} rows -> {csv_path}\nwide table -> {md_path}")
+    if not no_plots:
+        from harness.plots import write_plots
+
+        for plot in write_plots(results_root(output_path), model=model, task=task, preset=preset):
+            click.echo(f"plot -> {plot}")
+
+
+def _csv_list(text: str | None, flag: str) -> list[str]:
+    items = [x.strip() for x in (text or "").split(",") if x.strip()]
+    if not items:
+        raise UsageFailure(f"{flag} takes a comma-separated list, got {text!r}")
+    return items
+
+
+@cli.command("regress")
+@click.option("--suite", default="ci", show_default=True, help="the fixed regression suite to run")
+@click.option("--update", is_flag=True, help="rerun with several seeds and rewrite the reference")
+@click.option("--seeds", help="with --update: seed count N (seeds 0..N-1) or a list 0,1,2 [default 3]")
+@click.option("--reference", type=click.Path(), help="reference CSV [default results/reference/<suite>.csv]")
+@click.option("--models", help="only these models (comma-separated; default every registered model)")
+@click.option("--data-file", type=click.Path(), help="byte-level text for the LM cases [default ../shared/data/pg19]")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--strict", is_flag=True, help="also fail when a suite case has no reference row")
+@click.option("--output_path", "--output-path", "output_path", type=click.Path(),
+              help="where the suite's run records go [default a temporary folder]")
+def regress_command(suite, update, seeds, reference, models, data_file, device, strict, output_path):
+    """Run the regression suite and compare every score with the reference (exit 1 naming each metric that
+    moved beyond its tolerance); --update --seeds 3 measures the seed spread and rewrites the reference."""
+    from harness.regress import main as regress_main
+
+    code = regress_main(suite=suite, update=update, seeds=seeds, reference=reference,
+                        models=_csv_list(models, "--models") if models else None, data_file=data_file,
+                        device=device, strict=strict, output_path=output_path)
+    if code:
+        sys.exit(code)
+
+
+@cli.command("bench")
+@click.option("--models", default="all", show_default=True, help="comma-separated model names, or all")
+@click.option("--preset", default="tiny", show_default=True)
+@click.option("--seq-lens", default="256,1024,4096", show_default=True, help="comma-separated sequence lengths")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="sequences per measured step")
+@click.option("--warmup", type=int, default=2, show_default=True, help="untimed steps before measuring")
+@click.option("--repeats", type=int, default=5, show_default=True, help="timed steps (median and spread)")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--switches", default="", help="performance switches to measure on and off: "
+              "compile,prefetch,eval,amp (amp on CUDA only)")
+@click.option("--switch-steps", type=int, default=20, show_default=True, help="training steps per switch run")
+@click.option("--data-file", type=click.Path(), help="text for the switch runs [default ../shared/data/pg19]")
+@click.option("--output-dir", type=click.Path(), default="results/bench", show_default=True)
+def bench_command(models, preset, seq_lens, batch_size, warmup, repeats, device, switches, switch_steps, data_file,
+                  output_dir):
+    """Training and inference tokens/s, peak memory and MFU per model and sequence length; CSV + plot."""
+    from harness.bench import main as bench_main
+
+    try:
+        lens = [int(x) for x in _csv_list(seq_lens, "--seq-lens")]
+    except ValueError as exc:
+        raise UsageFailure(f"--seq-lens takes integers like 256,1024, got {seq_lens!r}") from exc
+    bench_main(models=_csv_list(models, "--models"), preset=preset, seq_lens=lens, batch_size=batch_size,
+               warmup=warmup, repeats=repeats, device=device,
+               switches=[x for x in switches.split(",") if x.strip()], switch_steps=switch_steps,
+               data_file=data_file, output_dir=output_dir)
+
+
+def _sweep_options(f):
+    """The run options of `eval`, less the ones a sweep sets per job (model, task, seed, checkpoint, resume)."""
+    def template():
+        pass
+    skip = {"model", "task", "seed", "checkpoint", "resume"}
+    params = [p for p in _run_options(template).__click_params__ if p.name not in skip]
+    f.__click_params__ = getattr(f, "__click_params__", []) + params
+    return f
+
+
+@cli.command("sweep")
+@click.option("--models", required=True, help="comma-separated model names")
+@click.option("--tasks", required=True, help="comma-separated task names")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--jobs", type=int, default=1, show_default=True, help="local: parallel processes")
+@click.option("--dry-run", is_flag=True, help="print the jobs (and for slurm the job spec) without running")
+@click.option("--slurm-partition", help="slurm partition")
+@click.option("--slurm-time", type=int, default=240, show_default=True, help="slurm: minutes per job")
+@click.option("--slurm-gpus", type=int, default=1, show_default=True, help="slurm: GPUs per job")
+@click.option("--slurm-cpus", type=int, default=8, show_default=True, help="slurm: CPUs per job")
+@click.option("--slurm-mem-gb", type=int, default=64, show_default=True)
+@click.option("--slurm-array-parallelism", type=int, default=16, show_default=True)
+@click.option("--slurm-folder", type=click.Path(), help="submitit logs [default <results>/slurm]")
+@_sweep_options
+def sweep_command(**opts):
+    """Run every model x task x seed (each job writes its own record); finished runs are skipped on resume."""
+    from harness.sweep import SlurmSpec, main as sweep_main
+
+    seeds = []
+    for x in _csv_list(opts["seeds"], "--seeds"):
+        try:
+            seeds.append(int(x))
+        except ValueError as exc:
+            raise UsageFailure(f"--seeds takes integers like 0,1,2, got {opts['seeds']!r}") from exc
+    slurm = SlurmSpec(partition=opts["slurm_partition"], time_min=opts["slurm_time"], gpus=opts["slurm_gpus"],
+                      cpus=opts["slurm_cpus"], mem_gb=opts["slurm_mem_gb"],
+                      array_parallelism=opts["slurm_array_parallelism"], folder=opts["slurm_folder"])
+    base = dict(opts, model="?", task="?", seed=0, checkpoint=None, resume=False)
+    code = sweep_main(models=_csv_list(opts["models"], "--models"), tasks=_csv_list(opts["tasks"], "--tasks"),
+                      seeds=seeds, base=config_from_options(base), executor=opts["executor"], jobs=opts["jobs"],
+                      dry_run=opts["dry_run"], slurm=slurm)
+    if code:
+        sys.exit(code)
 
 
 @cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness import leaderboard
+from harness import distributed, leaderboard
 from harness.adapter import build_model
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.errors import HarnessError, TrainingDiverged
 from harness.memory import PeakMemory
+from harness.prefetch import BatchPrefetcher
 from harness.registry import MODELS, OPTIMIZERS, PRESETS, TASKS
 from harness.results import environment, git_info, package_versions, results_root, utc_now, write_record
 
@@ -57,6 +58,10 @@ class RunConfig:
     update_leaderboard: bool = True
     progress: bool = True
     compile: bool = False  # torch.compile the model
+    prefetch: int = 2  # batches built ahead in a background thread (0: build in the loop); never changes results
+    amp: bool = True  # bf16 autocast + TF32 on CUDA (no effect on the CPU)
+    test: bool = True  # score on the test split after training (harness train --no-test skips it)
+    fsdp: bool | None = None  # under torchrun: FSDP2 sharding (None: for the medium/large presets, else DDP)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +101,8 @@ def run_key(cfg: RunConfig, budget, task_info: dict) -> str:
              "optimizer": OPTIMIZERS.resolve(cfg.optimizer).name, "seed": cfg.seed, "budget": budget.to_dict(),
              "model_args": cfg.model_args, "task_args": cfg.task_args, "optimizer_args": cfg.optimizer_args,
              "data": task_info.get("sha256") or task_info.get("source")}
+    if not cfg.amp:  # only when off, so that existing run ids (and their checkpoints) keep their keys
+        ident["amp"] = False
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -121,9 +128,11 @@ def validation_metrics(model, task, budget, device, autocast) -> tuple[float, fl
 def run(cfg: RunConfig) -> tuple[dict, Path]:
     """Train (or load) and score one model on one task; returns the record and where it was written."""
     with PeakMemory(resolve_device(cfg.device)) as peak:
-        record = _train_and_score(cfg)
+        record, main_rank = _train_and_score(cfg)
     record["peak_memory_mb"] = round(peak.megabytes, 1)
     record["peak_memory_kind"] = "cuda max allocated" if peak.device.type == "cuda" else "sampled process RSS"
+    if not main_rank:  # rank 0 alone writes the record and the leaderboard
+        return record, None
     root = results_root(cfg.output_path)
     path = write_record(record, root)
     if cfg.update_leaderboard:
@@ -131,7 +140,7 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
     return record, path
 
 
-def _train_and_score(cfg: RunConfig) -> dict:
+def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
     wall_start = time.perf_counter()
     # Resolve every name first, so a typo fails before any data is read.
     model_name, task_name = MODELS.resolve(cfg.model).name, TASKS.resolve(cfg.task).name
@@ -141,7 +150,11 @@ def _train_and_score(cfg: RunConfig) -> dict:
         eval_batches=cfg.eval_batches, checkpoint_every=cfg.checkpoint_every)
     if budget.steps < 0 or budget.batch_size < 1 or budget.seq_len < 2:
         raise HarnessError("--steps must be >= 0, --batch-size >= 1 and --seq-len >= 2")
+    if cfg.prefetch < 0:
+        raise HarnessError(f"--prefetch must be >= 0 (batches built ahead), got {cfg.prefetch}")
     device = resolve_device(cfg.device)
+    dctx, device = distributed.setup(device, cfg.preset, cfg.fsdp)
+    main_rank = dctx.is_main
     root = results_root(cfg.output_path)
     notes: list[str] = []
 
@@ -157,7 +170,7 @@ def _train_and_score(cfg: RunConfig) -> dict:
     model = build_model(model_name, cfg.preset, task.vocab_size, cfg.model_args).to(device)
     n_params = model.num_parameters()
 
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.amp:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         dtype = "bfloat16-autocast"
@@ -166,7 +179,8 @@ def _train_and_score(cfg: RunConfig) -> dict:
     else:
         dtype = "float32"
         autocast = contextlib.nullcontext
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = distributed.wrap(dctx, model, device)  # DDP wrapper, or FSDP2 sharding in place
+    train_model = torch.compile(train_model) if cfg.compile else train_model
 
     key = run_key(cfg, budget, task_info)
     ckpt_path = root / "checkpoints" / f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}.pt"
@@ -179,7 +193,7 @@ def _train_and_score(cfg: RunConfig) -> dict:
         if payload.get("model_name") not in (None, model_name):
             raise HarnessError(f"checkpoint {cfg.checkpoint} holds a {payload['model_name']!r} model, not {model_name!r}")
         try:
-            model.load_state_dict(payload["model"])
+            distributed.load_model_state(dctx, model, payload["model"])
         except RuntimeError as exc:
             raise HarnessError(f"checkpoint {cfg.checkpoint} does not fit {model_name} at preset {cfg.preset}: "
                                f"{str(exc).splitlines()[0]}") from exc
@@ -195,21 +209,23 @@ def _train_and_score(cfg: RunConfig) -> dict:
 
     if steps and cfg.resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        distributed.load_model_state(dctx, model, payload["model"])
+        distributed.load_optimizer_state(dctx, model, optimizer, payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"])
         start_step = resumed_from = payload["step"]
         history = payload["history"]
-        print(f"resuming from step {start_step} of {ckpt_path}")
+        if main_rank:
+            print(f"resuming from step {start_step} of {ckpt_path}")
 
     def checkpoint_payload(step: int, final: bool = False) -> dict:
-        payload = {"model": model.state_dict(), "model_name": model_name, "preset": cfg.preset,
+        payload = {"model": distributed.model_state(dctx, model), "model_name": model_name, "preset": cfg.preset,
                    "vocab_size": task.vocab_size, "overrides": cfg.model_args,
                    "tokenizer": getattr(task, "tokenizer_path", None) or task_info.get("tokenizer"), "step": step, "history": history,
                    "run_config": asdict(cfg)}
         if not final:
-            payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
+            payload.update(optimizer=distributed.optimizer_state(dctx, model, optimizer),
+                           scheduler=scheduler.state_dict(), rng=rng_state())
         return payload
 
     # ---------------------------------------------------------------- training
@@ -218,53 +234,72 @@ def _train_and_score(cfg: RunConfig) -> dict:
     tokens_this_run = 0  # for tokens/s: a resumed run times only the steps it ran
     model.train()
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train {model_name}",
-               disable=not cfg.progress or steps == 0, dynamic_ncols=True)
-    for step in bar:
-        t0 = time.perf_counter()
-        inputs, targets = (t.to(device) for t in task.train_batch(step, budget.batch_size, budget.seq_len, cfg.seed))
+               disable=not cfg.progress or steps == 0 or not main_rank, dynamic_ncols=True)
+    batches = BatchPrefetcher(lambda i: task.train_batch(i, budget.batch_size, budget.seq_len, cfg.seed),
+                              start_step, steps, depth=cfg.prefetch, device=device)
+    t0 = time.perf_counter()  # a step's time includes waiting for its batch
+    for step, inputs, targets in batches:
+        bar.update()
+        global_tokens = inputs.numel()
+        inputs, targets = distributed.shard_batch(dctx, inputs.to(device), targets.to(device))
+        weight, share = distributed.loss_weight(dctx, targets)
         with autocast():
             loss, ce, aux = lm_loss(train_model, inputs, targets, budget.aux_loss_weight)
-        if not torch.isfinite(loss):
+        if dctx.active:  # the global batch's mean loss, see harness/distributed.py
+            loss = loss + ce * (weight - 1.0)
+        ce_value, aux_value, finite = distributed.global_mean(dctx, ce, aux, share)
+        if not finite or not torch.isfinite(loss):
             last = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
             raise TrainingDiverged(f"loss became {loss.item()} at step {step}; {last} (try a lower --lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), budget.grad_clip).item()
-                     if budget.grad_clip else float("nan"))
+        if budget.grad_clip:
+            distributed.clip_grad_norm(dctx, model, budget.grad_clip)
         if hasattr(optimizer, "observe_loss"):
             optimizer.observe_loss(loss.item())
         optimizer.step()
         scheduler.step()
         recent.append((inputs, targets))
-        train_time += time.perf_counter() - t0
-        tokens_seen += inputs.numel()
-        tokens_this_run += inputs.numel()
-        history["train"].append([step + 1, round(ce.item(), 6), round(float(aux), 6)])
-        bar.set_postfix(loss=f"{ce.item():.3f}", tok_s=f"{tokens_this_run / max(train_time, 1e-9):,.0f}",
+        now = time.perf_counter()
+        train_time += now - t0
+        tokens_seen += global_tokens
+        tokens_this_run += global_tokens
+        history["train"].append([step + 1, round(ce_value, 6), round(aux_value, 6)])
+        bar.set_postfix(loss=f"{ce_value:.3f}", tok_s=f"{tokens_this_run / max(train_time, 1e-9):,.0f}",
                         refresh=False)
         done = step + 1
         if budget.eval_every and done % budget.eval_every == 0 and done < steps:
             val, acc = validation_metrics(model, task, budget, device, autocast)
             history["val"].append([done, round(val, 6), round(acc, 6)])
-            bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
+            if main_rank:
+                bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
             if hasattr(optimizer, "meta_update") and getattr(optimizer, "mode", None) == "explicit":
                 optimizer.meta_update(val_batch=task.val_batch(0, budget.batch_size, budget.seq_len),
                                       train_batches=list(recent), use_unrolled=True)
         if budget.checkpoint_every and done % budget.checkpoint_every == 0 and done < steps:
-            save_checkpoint(ckpt_path, checkpoint_payload(done))
+            payload = checkpoint_payload(done)  # a collective under FSDP: every rank gathers
+            if main_rank:
+                save_checkpoint(ckpt_path, payload)
+        t0 = time.perf_counter()  # evaluation and checkpoints are not training time
     bar.close()
 
     if steps and start_step < steps:
         val, acc = validation_metrics(model, task, budget, device, autocast)
         history["val"].append([steps, round(val, 6), round(acc, 6)])
-        save_checkpoint(ckpt_path, checkpoint_payload(steps, final=False))
+        payload = checkpoint_payload(steps, final=False)
+        if main_rank:
+            save_checkpoint(ckpt_path, payload)
 
     # ---------------------------------------------------------------- scoring
     eval_start = time.perf_counter()
     limit = cfg.limit if cfg.limit is not None else budget.eval_limit
-    with autocast():
-        metrics = task.evaluate(model, device=device, seq_len=budget.seq_len, batch_size=budget.batch_size,
-                                limit=limit, progress=cfg.progress)
+    metrics = {}
+    if cfg.test:
+        with autocast():
+            metrics = task.evaluate(model, device=device, seq_len=budget.seq_len, batch_size=budget.batch_size,
+                                    limit=limit, progress=cfg.progress and main_rank)
+    else:
+        notes.append("not scored on the test split (--no-test)")
     eval_time = time.perf_counter() - eval_start
 
     record = {
@@ -287,8 +322,12 @@ def _train_and_score(cfg: RunConfig) -> dict:
         "task_info": task_info, "checkpoint": str(cfg.checkpoint or ckpt_path) if (steps or cfg.checkpoint) else None,
         "versions": package_versions(), "git": git_info(), "environment": environment(device), "notes": notes,
     }
+    if dctx.active:
+        record["distributed"] = dctx.describe()
+    if not main_rank:
+        return record, False
     if hasattr(optimizer, "report"):
         record["optimizer_report"] = optimizer.report()
     if hasattr(task, "artifacts"):
         record["artifacts"] = [str(p) for p in task.artifacts(record, root)]
-    return record
+    return record, True

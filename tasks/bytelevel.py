@@ -6,7 +6,6 @@ exactly once, with the byte before each window as its first input."""
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import os
 import zipfile

@@ -296,7 +296,7 @@ def test_bpe_is_trained_deterministically_cached_and_reloadable(tmp_path):
 
     texts = [wt.wikitext_detokenizer(p) for p in wt.split_pages(TOY_FILE * 3)] + ["the cat sat on the mat " * 5]
     a = train_bpe(texts, 300, tmp_path / "a.json")
-    b = train_bpe(texts, 300, tmp_path / "b.json")
+    train_bpe(texts, 300, tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert a.eot_id == 0 and a.vocab_size <= 300
     sample = "the cat sat, z = 3"

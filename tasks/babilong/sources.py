@@ -115,7 +115,7 @@ def open_source(source: str, seed: int, data_dir=None, babi_dir=None, books_dir=
                             "--data-dir ../shared/data; or set babi_dir / books_dir / tokenizer_dir")
         return BabilongBuilder(*files, seed=seed), f"builder files from {files[0].parent}"
     if files is not None:
-        return BabilongBuilder(*files, seed=seed), f"auto: --data-dir holds bAbI + books + GPT-2 tokenizer"
+        return BabilongBuilder(*files, seed=seed), "auto: --data-dir holds bAbI + books + GPT-2 tokenizer"
     ok, why = hub_reachable()
     if ok:
         return HFSource(seed=seed), f"auto: no builder files in --data-dir; {why}"

@@ -20,7 +20,6 @@ cell (a preset's token limit for LM tasks must not turn into 131072 samples).
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from harness.errors import DataError, HarnessError
 from tasks.base import Metric, Task
-from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, STANDARD_LENGTHS, TASK_LABELS, TASKS,
+from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS, TASKS,
                                    context_budget, parse_length, parse_list)
 from tasks.babilong.generator import BabilongGenerator
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies

@@ -1,0 +1,131 @@
+"""Leaderboard plots in <results>/plots (matplotlib, Agg backend), drawn from the same aggregated rows as the
+leaderboard (mean over seeds, error bars = standard error) and from the records' training curves:
+
+- score_vs_params_<task>_<metric>.png: each task's primary LM metric (bits per byte, perplexity, ...) against
+  parameter count, one line per model across its presets;
+- babilong_acc_vs_length.png: BABILong mean accuracy (metrics acc/mean/<len>) against context length, per model;
+- loss_<task>.png: training cross-entropy against step for every record (one line per model/preset/seed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from harness.leaderboard import aggregate
+from harness.results import load_records
+
+_LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?)([kKmM]?)$")
+
+
+def context_length(name: str) -> float | None:
+    """Tokens in a length label of a metric acc/mean/<len>: 0k -> 0, 4k -> 4096, 1M -> 1048576."""
+    m = _LEN.match(name)
+    if not m:
+        return None
+    scale = {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
+    return float(m.group(1)) * scale
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def score_vs_params(rows: list[dict], out: Path) -> list[Path]:
+    paths = []
+    by_metric = defaultdict(list)
+    for r in rows:
+        if r["primary"] and not r["metric"].startswith("acc") and r.get("params"):
+            by_metric[(r["task"], r["metric"])].append(r)
+    for (task, metric), members in sorted(by_metric.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        lines = defaultdict(list)
+        for r in members:
+            lines[(r["model"], r["optimizer"], r["settings"])].append(r)
+        for (model, optimizer, settings), pts in sorted(lines.items()):
+            pts.sort(key=lambda r: r["params"])
+            err = [r["stderr"] if isinstance(r["stderr"], float) else 0.0 for r in pts]
+            ax.errorbar([r["params"] for r in pts], [r["value"] for r in pts], yerr=err, marker="o", capsize=3,
+                        label=model + (f" ({optimizer})" if optimizer not in ("", "adamw") else ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{task}: {metric} vs parameters" + (" (lower is better)" if not members[0]["higher_is_better"]
+                                                           else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out / f"score_vs_params_{_safe(task)}_{_safe(metric)}.png"))
+    return paths
+
+
+def babilong_vs_length(rows: list[dict], out: Path) -> list[Path]:
+    lines = defaultdict(list)
+    for r in rows:
+        length = context_length(r["metric"])
+        if length is not None:
+            lines[(r["model"], r["preset"], r["task"])].append((length, r))
+    if not lines:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = {}
+    for (model, preset, task), pts in sorted(lines.items()):
+        pts.sort(key=lambda p: p[0])
+        xs = [max(p[0], 1.0) for p in pts]  # 0k plotted at 1 token on the log axis
+        err = [p[1]["stderr"] if isinstance(p[1]["stderr"], float) else 0.0 for p in pts]
+        ax.errorbar(xs, [p[1]["value"] for p in pts], yerr=err, marker="o", capsize=3, label=f"{model} {preset}")
+        labels.update({x: p[1]["metric"].rsplit("/", 1)[1] for x, p in zip(xs, pts)})
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(labels), [labels[x] for x in sorted(labels)])
+    ax.set_xlabel("context length")
+    ax.set_ylabel("mean accuracy")
+    ax.set_title("BABILong accuracy vs context length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return [_save(fig, out / "babilong_acc_vs_length.png")]
+
+
+def loss_curves(records: list[tuple[Path, dict]], out: Path) -> list[Path]:
+    by_task = defaultdict(list)
+    for _, rec in records:
+        curve = (rec.get("training") or {}).get("curve") or []
+        if curve:
+            by_task[rec["task"]].append(rec)
+    paths = []
+    for task, recs in sorted(by_task.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for rec in sorted(recs, key=lambda r: (r["model"], r["preset"], r["seed"])):
+            curve = rec["training"]["curve"]
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=1,
+                    label=f"{rec['model']} {rec['preset']} s{rec['seed']}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training cross-entropy (nats)")
+        ax.set_title(f"{task}: training loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        paths.append(_save(fig, out / f"loss_{_safe(task)}.png"))
+    return paths
+
+
+def write_plots(root: str | Path, model=None, task=None, preset=None) -> list[Path]:
+    """Draw every plot for the records under <root>/runs (with the leaderboard's filters); returns the files."""
+    root = Path(root)
+    records = [(p, r) for p, r in load_records(root)
+               if (not model or r.get("model") == model) and (not task or r.get("task") == task)
+               and (not preset or r.get("preset") == preset)]
+    rows = aggregate(records)
+    out = root / "plots"
+    return score_vs_params(rows, out) + babilong_vs_length(rows, out) + loss_curves(records, out)

@@ -1,0 +1,272 @@
+"""CI regression scores: `harness regress --suite ci` reruns a fixed suite and compares each score with the
+reference in `results/reference/<suite>.csv`; `harness regress --update --seeds 3` rewrites the reference.
+
+The `ci` suite (sized to fit 15 minutes on 2 CPU cores with about a dozen models):
+- every model registered when it runs, at preset `tiny` (no model overrides), 60 steps x 8 x 64 bytes, bits per
+  byte on the first 8,192 test bytes of a byte-level text. enwik8 cannot be fetched offline, so the text is the
+  task `bytes` on `../shared/data/pg19` (20 Project Gutenberg books beside the clone) or `--data-file`: this is
+  NOT enwik8, and the reference's `data` column names what was used (source and sha256) so that a run on other
+  data fails loudly instead of being compared;
+- if a task `babilong` is registered: BABILong qa1 at lengths 0k and 1k from the built-in generator
+  (`tasks=qa1 lengths=0k,1k source=generator`) for every model, same short budget. If no such task is
+  registered the cases are skipped with a printed note.
+
+Compared metrics: each case's primary metric and its per-length breakdown (`acc/mean` and `acc/mean/<len>`).
+
+Reference columns: model, task, metric, value, tolerance, seeds, spread, data, created.
+- value: the seed-0 score. The check reruns seed 0 only: on one machine a seed reproduces bit for bit, so any
+  difference there comes from a code (or library / hardware) change, never from sampling.
+- spread: the seed-to-seed standard deviation s (ddof 1) over the `--update` seeds.
+- tolerance = max(4 s, floor). A change that only reorders floating-point work acts like a fresh seed, so the
+  new seed-0 score differs from the old by about N(0, 2 sigma^2); a bound of 4 s then fails such a harmless
+  change with probability ~0.5% (when s ~ sigma) while any shift bigger than ~4 seed-sigmas is caught. The floor
+  only matters where the seeds happen to agree exactly (s = 0): 1e-4 for continuous scores (the size of
+  cross-machine float drift for these runs), and one sample's worth (100/n percent) for accuracies.
+
+Missing reference rows (a newly registered model, or the babilong task appearing) are reported as UNCHECKED
+warnings and do not fail the check, so that merging a model does not break CI before its reference exists;
+`--strict` makes them fail. A reference row whose data differs from the current data, or a metric that
+disappeared, fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.data import atomic_write_bytes
+from harness.errors import HarnessError
+from harness.registry import MODELS, TASKS
+from harness.results import REPO_ROOT, utc_now
+
+REFERENCE_COLUMNS = ["model", "task", "metric", "value", "tolerance", "seeds", "spread", "data", "created"]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "pg19"
+SUITE_THREADS = 2  # fixed, because CPU matmul results may depend on the thread count
+TOLERANCE_SIGMAS = 4.0
+CONTINUOUS_FLOOR = 1e-4
+
+
+@dataclass
+class Case:
+    """One suite run (without its seed)."""
+    model: str
+    task: str
+    run_args: dict = field(default_factory=dict)  # RunConfig fields: budget, data, task_args
+
+    def config(self, seed: int, device: str, output_path: str):
+        from harness.runner import RunConfig
+
+        return RunConfig(model=self.model, task=self.task, seed=seed, device=device, output_path=output_path,
+                         update_leaderboard=False, progress=False, **self.run_args)
+
+
+CI_BUDGET = dict(preset="tiny", steps=60, batch_size=8, seq_len=64, eval_every=0, checkpoint_every=0)
+CI_BYTES_LIMIT = 8192
+CI_BABILONG = dict(tasks="qa1", lengths="0k,1k", source="generator")
+
+
+def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list[str]]:
+    notes = []
+    data = Path(data_file) if data_file else DEFAULT_DATA
+    if not data.exists():
+        raise HarnessError(f"regression data {data} does not exist; pass --data-file (a text file or folder of "
+                           f".txt files; enwik8 is not available offline)")
+    notes.append(f"byte-level cases: task 'bytes' on {data.resolve()} (not enwik8: enwik8 is not available "
+                 f"offline)")
+    cases = [Case(m, "bytes", dict(CI_BUDGET, limit=CI_BYTES_LIMIT, data_file=str(data))) for m in models]
+    if "babilong" in TASKS:
+        cases += [Case(m, "babilong", dict(CI_BUDGET, task_args=dict(CI_BABILONG))) for m in models]
+        notes.append(f"babilong cases: {CI_BABILONG}")
+    else:
+        notes.append("babilong cases skipped: no task 'babilong' is registered")
+    return cases, notes
+
+
+SUITES = {"ci": ci_suite}
+
+
+def compared_metrics(record: dict) -> dict[str, dict]:
+    primary = record["primary_metric"]
+    return {name: m for name, m in record["metrics"].items() if name == primary or name.startswith(primary + "/")}
+
+
+def data_label(record: dict) -> str:
+    info = record.get("task_info") or {}
+    if record["task"] == "bytes":
+        return f"bytes:{Path(str(info.get('source', '?'))).name} sha256={str(info.get('sha256', ''))[:16]}"
+    digest = info.get("sha256")
+    args = " ".join(f"{k}={v}" for k, v in sorted((record.get("task_args") or {}).items()))
+    return f"{record['task']}:{info.get('source', '?')} {args}".strip() + (f" sha256={digest[:16]}" if digest else "")
+
+
+def _floor(metric: dict, record: dict, values: list[float]) -> float:
+    if metric.get("higher_is_better") and "acc" in record.get("primary_metric", "") and metric.get("n"):
+        percent = "percent" in str((record.get("task_info") or {}).get("accuracy_unit", "")) or max(values) > 1
+        return (100.0 if percent else 1.0) / metric["n"]
+    return CONTINUOUS_FLOOR
+
+
+def run_cases(cases: list[Case], seeds: list[int], device: str, output_path: str, log=print) -> dict:
+    """{(model, task): {seed: record}}, with each run's wall time printed."""
+    from harness.runner import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SUITE_THREADS)
+    out: dict = {}
+    try:
+        for case in cases:
+            for seed in seeds:
+                start = time.perf_counter()
+                record, _ = run(case.config(seed, device, output_path))
+                out.setdefault((case.model, case.task), {})[seed] = record
+                shown = ", ".join(f"{k} {v['value']:.4f}" for k, v in compared_metrics(record).items())
+                log(f"  {case.model:<18} {case.task:<9} seed {seed}: {shown}  ({time.perf_counter() - start:.1f} s)")
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def reference_rows(results: dict, created: str | None = None) -> list[dict]:
+    created = created or utc_now()
+    rows = []
+    for (model, task), by_seed in sorted(results.items()):
+        seeds = sorted(by_seed)
+        base = by_seed[0] if 0 in by_seed else by_seed[seeds[0]]
+        for metric, m in compared_metrics(base).items():
+            values = [by_seed[s]["metrics"][metric]["value"] for s in seeds]
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            if math.isnan(spread):
+                raise HarnessError("--update needs at least 2 seeds to measure the spread (e.g. --seeds 3)")
+            tolerance = max(TOLERANCE_SIGMAS * spread, _floor(m, base, values))
+            rows.append({"model": model, "task": task, "metric": metric, "value": repr(float(m["value"])),
+                         "tolerance": f"{tolerance:.3g}", "seeds": " ".join(map(str, seeds)),
+                         "spread": f"{spread:.3g}", "data": data_label(base), "created": created})
+    return rows
+
+
+def read_reference(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(REFERENCE_COLUMNS) - set(rows[0]):
+        raise HarnessError(f"{path} lacks columns {sorted(set(REFERENCE_COLUMNS) - set(rows[0]))}; "
+                           f"rewrite it with harness regress --update")
+    return rows
+
+
+def write_reference(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=REFERENCE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["task"], r["model"], r["metric"])))
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+@dataclass
+class Comparison:
+    failures: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+
+
+def compare(results: dict, reference: list[dict], seed: int = 0) -> Comparison:
+    ref = {(r["model"], r["task"], r["metric"]): r for r in reference}
+    out, seen = Comparison(), set()
+    for (model, task), by_seed in sorted(results.items()):
+        record = by_seed[seed]
+        current = compared_metrics(record)
+        for metric, m in current.items():
+            key = (model, task, metric)
+            seen.add(key)
+            row = ref.get(key)
+            name = f"{model} {task} {metric}"
+            if row is None:
+                out.unchecked.append(f"{name} = {m['value']:.6g} has no reference row")
+                continue
+            if row["data"] != data_label(record):
+                out.failures.append(f"{name}: data differs (reference: {row['data']}; now: {data_label(record)})")
+                continue
+            diff = m["value"] - float(row["value"])
+            line = (f"{name}: {m['value']:.6g} vs reference {float(row['value']):.6g} "
+                    f"(diff {diff:+.3g}, tolerance {float(row['tolerance']):.3g})")
+            (out.failures if abs(diff) > float(row["tolerance"]) else out.passed).append(line)
+        for key in ref:
+            if key[:2] == (model, task) and key not in seen:
+                out.failures.append(f"{' '.join(key)}: in the reference but no longer reported")
+    ran = set(results)
+    out.stale = [f"{' '.join(k)}: reference row for a case that did not run" for k in ref if k[:2] not in ran]
+    return out
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    if not text:
+        return list(range(default))
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise HarnessError(f"--seeds takes a count N or a list like 0,1,2, got {text!r}") from exc
+    seeds = list(range(values[0])) if len(values) == 1 else values
+    if not seeds or min(seeds) < 0:
+        raise HarnessError(f"--seeds takes a count N >= 1 or a list of seeds >= 0, got {text!r}")
+    return seeds
+
+
+def main(suite: str = "ci", update: bool = False, seeds: str | None = None, reference: str | None = None,
+         models: list[str] | None = None, data_file: str | None = None, device: str = "cpu",
+         strict: bool = False, output_path: str | None = None, log=print) -> int:
+    if suite not in SUITES:
+        raise HarnessError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+    model_names = [MODELS.resolve(m).name for m in models] if models else MODELS.names()
+    ref_path = Path(reference) if reference else REPO_ROOT / "results" / "reference" / f"{suite}.csv"
+    run_seeds = parse_seeds(seeds, 3) if update else [0]
+    if not update and seeds:
+        log("note: the check runs seed 0 only (a seed reproduces exactly on one machine); --seeds is for --update")
+    if update and 0 not in run_seeds:
+        raise HarnessError("--update needs seed 0 among --seeds: the reference value is the seed-0 score")
+    cases, notes = SUITES[suite](model_names, data_file)
+    for note in notes:
+        log(f"note: {note}")
+    log(f"suite {suite}: {len(cases)} cases x seeds {run_seeds} on {device}, {SUITE_THREADS} threads")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="regress-") as tmp:
+        results = run_cases(cases, run_seeds, device, output_path or tmp, log)
+    log(f"suite ran in {time.perf_counter() - start:.1f} s")
+
+    if update:
+        rows = reference_rows(results)
+        ran = {(r["model"], r["task"]) for r in rows}
+        kept = [r for r in read_reference(ref_path) if (r["model"], r["task"]) not in ran]
+        write_reference(ref_path, kept + rows)
+        log(f"reference -> {ref_path} ({len(rows)} rows rewritten, {len(kept)} kept)")
+        return 0
+
+    reference_data = read_reference(ref_path)
+    if not reference_data:
+        log(f"warning: no reference at {ref_path}; create it with harness regress --update --seeds 3")
+    result = compare(results, reference_data)
+    for line in result.passed:
+        log(f"ok        {line}")
+    for line in result.unchecked:
+        log(f"UNCHECKED {line}")
+    for line in result.stale:
+        log(f"stale     {line}")
+    for line in result.failures:
+        log(f"FAILED    {line}")
+    failed = bool(result.failures) or (strict and bool(result.unchecked))
+    log(f"{len(result.passed)} passed, {len(result.failures)} failed, {len(result.unchecked)} unchecked"
+        + (" (--strict: unchecked fail)" if strict and result.unchecked else ""))
+    if failed:
+        print("regression check failed: " + "; ".join(result.failures + (result.unchecked if strict else [])),
+              file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,42 @@
+"""Leaderboard plots: every kind is drawn from records, and `harness leaderboard` says where they went."""
+
+from click.testing import CliRunner
+
+from harness.cli import cli
+from harness.plots import context_length, write_plots
+from harness.results import write_record
+
+
+def record(model, task, metrics, params=1000, seed=0, preset="tiny", primary="bpb"):
+    return {"run_id": f"{model}{task}{seed}{preset}", "created": "2026-11-23T00:00:00Z", "model": model,
+            "preset": preset, "params": params, "task": task, "primary_metric": primary, "seed": seed,
+            "optimizer": "adamw", "metrics": metrics, "task_info": {"sha256": "abc"}, "git": {"hash": "f" * 40},
+            "training": {"steps": 3, "tokens_seen": 96, "curve": [[1, 5.5, 0.0], [2, 5.0, 0.0], [3, 4.2, 0.0]]}}
+
+
+def metric(value, hib=False):
+    return {"value": value, "stderr": 0.01, "n": 100, "higher_is_better": hib}
+
+
+def test_context_length_labels():
+    assert context_length("acc/mean/0k") == 0 and context_length("acc/mean/4k") == 4096
+    assert context_length("acc/mean/1M") == 1024 ** 2 and context_length("acc/qa1/4k") is None
+    assert context_length("acc/mean") is None
+
+
+def test_leaderboard_writes_all_plots(tmp_path):
+    for model, params in (("a", 1000), ("b", 3000)):
+        for preset, scale in (("tiny", 1), ("small", 10)):
+            write_record(record(model, "bytes", {"bpb": metric(2.0 / scale)}, params * scale, preset=preset), tmp_path)
+        write_record(record(model, "babilong", {"acc/mean": metric(50, True), "acc/mean/0k": metric(80, True),
+                                                "acc/mean/4k": metric(20, True)}, params, primary="acc/mean"),
+                     tmp_path)
+    paths = write_plots(tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == ["babilong_acc_vs_length.png", "loss_babilong.png", "loss_bytes.png",
+                     "score_vs_params_bytes_bpb.png"]
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    result = CliRunner().invoke(cli, ["leaderboard", "--output-path", str(tmp_path), "--task", "bytes"])
+    assert result.exit_code == 0, result.output
+    assert f"plot -> {tmp_path / 'plots' / 'score_vs_params_bytes_bpb.png'}" in result.output
+    assert "babilong_acc_vs_length" not in result.output  # the filter applies to the plots too

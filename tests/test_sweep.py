@@ -1,0 +1,53 @@
+"""`harness sweep`: the local executor runs each job into its own record and a rerun skips finished jobs; the
+Slurm path produces the submitit parameters and an sbatch array script without submitting anything."""
+
+import json
+
+from click.testing import CliRunner
+
+from harness.cli import cli
+from harness.runner import RunConfig
+from harness.sweep import SlurmSpec, cli_args, expand, sbatch_script
+
+TINY = ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--seq-len", "16", "--limit", "256",
+        "--eval-every", "0", "--checkpoint-every", "0", "--model-arg", "depth=1", "--model-arg", "dim=32",
+        "--model-arg", "heads=2"]
+
+
+def test_local_sweep_runs_then_skips(tmp_path, small_text):
+    out = tmp_path / "res"
+    argv = ["sweep", "--models", "tpp", "--tasks", "bytes", "--seeds", "0,1", "--jobs", "2", "--data-file",
+            str(small_text), "--output-path", str(out), *TINY]
+    first = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "2 to run" in first.output and "2 ran, 0 failed" in first.output
+    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert sorted(r["seed"] for r in records) == [0, 1] and len({r["run_id"] for r in records}) == 2
+    assert (out / "leaderboard.csv").exists()
+
+    again = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert again.exit_code == 0 and "2 finished already (skipped), 0 to run" in again.output
+    assert len(list((out / "runs").glob("*.json"))) == 2
+
+
+def test_slurm_job_spec(tmp_path, small_text):
+    base = RunConfig(model="?", task="?", steps=3, data_file=str(small_text), output_path=str(tmp_path / "r"),
+                     model_args={"depth": "1"})
+    configs = expand(["transformer-pp"], ["bytes"], [0, 1, 2], base)
+    spec = SlurmSpec(partition="gpu", time_min=30, gpus=2, cpus=4, mem_gb=16, array_parallelism=2)
+    params = spec.submitit_parameters()
+    assert params["slurm_partition"] == "gpu" and params["timeout_min"] == 30
+    assert params["slurm_gpus_per_node"] == 2 and params["cpus_per_task"] == 4 and params["mem_gb"] == 16
+    script = sbatch_script(configs, spec, "logs")
+    assert "#SBATCH --array=0-2%2" in script and "#SBATCH --partition=gpu" in script
+    assert "#SBATCH --gpus-per-node=2" in script and script.count("--seed") == 3
+    assert cli_args(configs[1])[:8] == ["eval", "--model", "transformer-pp", "--task", "bytes", "--preset", "tiny",
+                                        "--optimizer"]
+    assert "--resume" in cli_args(configs[1]) and "depth=1" in cli_args(configs[1])
+
+    result = CliRunner().invoke(cli, ["sweep", "--models", "tpp", "--tasks", "bytes", "--seeds", "0,1",
+                                      "--executor", "slurm", "--dry-run", "--slurm-partition", "gpu",
+                                      "--data-file", str(small_text), "--output-path", str(tmp_path / "r"), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "submitit parameters" in result.output and "#SBATCH --array=0-1" in result.output
+    assert not (tmp_path / "r" / "runs").exists()  # nothing ran
