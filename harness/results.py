@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def atomic_write_bytes_text(path: str | os.PathLike, text: str) -> Path:
 
 def record_filename(record: dict) -> str:
     stamp = record["created"].replace(":", "").replace("-", "")
-    parts = [stamp, record["model"], record["preset"], record["task"], f"s{record['seed']}", record["run_id"][:8]]
+    # The random tail keeps two runs of one configuration finishing in the same second from overwriting each other.
+    parts = [stamp, record["model"], record["preset"], record["task"], f"s{record['seed']}", record["run_id"][:8],
+             secrets.token_hex(3)]
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(map(str, parts))) + ".json"
 
 
