@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+
+from harness.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,13 @@ class Task:
     def describe(self) -> dict[str, Any]:
         """Facts about the data for the run record: source, checksums, split sizes, caveats."""
         return {"name": self.name}
+
+
+def random_windows(stream: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int, what: str):
+    """(inputs, targets) of `batch_size` windows of seq_len + 1 tokens at random offsets of a token stream: the
+    batch sampler of every language-modelling task (seeded by the caller with (seed, step) or a fixed index)."""
+    if len(stream) < seq_len + 2:
+        raise DataError(f"{what} has {len(stream):,} tokens, fewer than one window of {seq_len + 1}")
+    starts = rng.integers(0, len(stream) - seq_len - 1, size=batch_size)
+    x = torch.from_numpy(np.stack([stream[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+    return x[:, :-1], x[:, 1:]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from harness.data import cache_dir, data_dirs, download, sha256_bytes
 from harness.errors import DataError
-from tasks.base import Metric, Task
+from tasks.base import Metric, Task, random_windows
 from tasks.metrics import LN2, ratio_with_stderr
 
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
@@ -115,12 +115,7 @@ class ByteLMTask(Task):
         self.info = info
 
     def _windows(self, split: str, rng: np.random.Generator, batch_size: int, seq_len: int):
-        data = self.splits[split]
-        if len(data) < seq_len + 2:
-            raise DataError(f"the {split} split has {len(data):,} bytes, fewer than one window of {seq_len + 1}")
-        starts = rng.integers(0, len(data) - seq_len - 1, size=batch_size)
-        x = torch.from_numpy(np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64))
-        return x[:, :-1], x[:, 1:]
+        return random_windows(self.splits[split], rng, batch_size, seq_len, f"the {split} split")
 
     def train_batch(self, step, batch_size, seq_len, seed):
         return self._windows("train", np.random.default_rng([seed, step]), batch_size, seq_len)

@@ -30,11 +30,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from harness.data import atomic_write_bytes, cache_dir, data_dirs, sha256_bytes
 from harness.errors import DataError, HarnessError
-from tasks.base import Metric, Task
+from tasks.base import Metric, Task, random_windows
 from tasks.doc_scoring import rolling_windows, score_items
 from tasks.metrics import LN2, ratio_with_stderr
 from tasks.tokenizer import cached_bpe, load_tokenizer
@@ -262,13 +261,7 @@ class WikiTextTask(Task):
 
     # -- batches ---------------------------------------------------------------------------------------------------
     def _windows(self, split: str, rng: np.random.Generator, batch_size: int, seq_len: int):
-        data = self.streams[split]
-        if len(data) < seq_len + 2:
-            raise DataError(f"{self.name}: the {split} stream has {len(data):,} tokens, fewer than one window of "
-                            f"{seq_len + 1}")
-        starts = rng.integers(0, len(data) - seq_len - 1, size=batch_size)
-        x = torch.from_numpy(np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64))
-        return x[:, :-1], x[:, 1:]
+        return random_windows(self.streams[split], rng, batch_size, seq_len, f"{self.name}: the {split} stream")
 
     def train_batch(self, step, batch_size, seq_len, seed):
         return self._windows("train", np.random.default_rng([seed, step]), batch_size, seq_len)
