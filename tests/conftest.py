@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +6,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs its tiny shapes on one intra-op thread: faster and steadier on CI's 2 shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -20,14 +20,6 @@ from tasks.babilong.streaming import (continuation_logprob, greedy_generate, sco
 from tasks.babilong.task import BabilongTask  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _encode(text):
     return list(text.encode("utf-8"))

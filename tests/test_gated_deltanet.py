@@ -7,13 +7,12 @@ import importlib.util
 import pytest
 import torch
 
-from baselines.gated_deltanet.model import FLAVORS, GatedDeltaNetLM, build
+from baselines.gated_deltanet.model import GatedDeltaNetLM, build
 from baselines.gated_deltanet.ops import (chunk_gated_delta_rule, chunk_gated_delta_rule_torch,
                                           naive_recurrent_gated_delta_rule)
 from harness.adapter import build_model
 from harness.errors import HarnessError
 
-torch.set_num_threads(1)
 
 
 def random_inputs(B=2, T=37, H=3, K=8, V=6, dtype=torch.float64, seed=0, with_state=True):
@@ -165,18 +164,6 @@ def test_trains_one_step():
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.blocks[0].mixer.A_log.grad.abs().sum() > 0  # the decay is learned
-
-
-def _transformer_pp_params(preset):
-    with torch.device("meta"):
-        return build_model("transformer-pp", preset).num_parameters()
-
-
-@pytest.mark.parametrize("preset", list(FLAVORS))
-def test_parameter_count_matches_transformer_pp(preset):
-    with torch.device("meta"):
-        model = build_model("gated-deltanet", preset)
-    assert abs(model.num_parameters() / _transformer_pp_params(preset) - 1) < 0.10
 
 
 def test_registry_and_errors():

@@ -28,14 +28,6 @@ DOCS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine's 2 cores are shared: intra-op threads only add contention for these tiny shapes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path_factory):

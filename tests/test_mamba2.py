@@ -5,11 +5,10 @@ the num_heads * head_dim == expand * dim check."""
 import pytest
 import torch
 
-from baselines.mamba2 import FLAVORS, Mamba2LM, build
+from baselines.mamba2 import Mamba2LM, build
 from harness.adapter import build_model
 from harness.errors import HarnessError
 
-torch.set_num_threads(1)
 
 
 def tiny_model(**overrides):
@@ -105,18 +104,6 @@ def test_trains_one_step():
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert grads["lm.backbone.layers.0.mixer.A_log"].abs().sum() > 0
-
-
-def _transformer_pp_params(preset):
-    with torch.device("meta"):
-        return build_model("transformer-pp", preset).num_parameters()
-
-
-@pytest.mark.parametrize("preset", list(FLAVORS))
-def test_parameter_count_matches_transformer_pp(preset):
-    with torch.device("meta"):
-        model = build_model("mamba2", preset)
-    assert abs(model.num_parameters() / _transformer_pp_params(preset) - 1) < 0.10
 
 
 def test_registry_and_errors():

@@ -7,7 +7,6 @@ import torch
 from baselines.moe import FLAVORS, MoEConfig, MoEFeedForward, MoELM, build, load_balancing_loss
 from harness.errors import HarnessError
 
-TPP_PARAMS = {"tiny": 1.12e6, "small": 50.7e6, "medium": 370e6, "large": 756e6}
 
 
 def _tiny(**kw):
@@ -103,13 +102,6 @@ def test_gradients_reach_router_and_experts():
     moe = model.blocks[0].moe
     assert moe.router.weight.grad.abs().sum() > 0
     assert sum(e.gate_up.weight.grad.abs().sum() for e in moe.experts if e.gate_up.weight.grad is not None) > 0
-
-
-@pytest.mark.parametrize("preset", ["tiny", "small", "medium", "large"])
-def test_presets_match_transformer_pp(preset):
-    with torch.device("meta"):
-        model = build(preset)
-    assert abs(model.num_parameters() / TPP_PARAMS[preset] - 1) < 0.10
 
 
 def test_gpu24gb_preset_is_the_seed_config():

@@ -21,13 +21,6 @@ NAMES = ["adamw", "muon", "mugrokfast", "adopt-atan2", "deep-nested"]
 CASES = [(n, {}) for n in NAMES] + [("deep-nested", {"mode": "simple", "meta_every": "3"})]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores; small ops are much faster (and steadier) on one thread."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
 
 def loss_fn(model, inputs, targets):
     logits, aux = model(inputs)

@@ -14,13 +14,6 @@ from optimizers.deep_nested import build
 from optimizers.deep_nested.meta import unrolled_validation_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class TinyLM(nn.Module):
     """Embedding -> Linear -> tanh -> RMSNorm -> head: core and embed groups, cheap in float64."""

@@ -14,13 +14,6 @@ from optimizers.newton_schulz import CUBIC_COEFFICIENTS, newton_schulz
 SHAPES = [(96, 24), (24, 96), (48, 48)]  # tall, wide, square
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores; small ops are much faster (and steadier) on one thread."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
 
 def ill_conditioned(shape, seed=0, cond=50.0):
     """A random matrix with singular values spread over [1/cond, 1] (far from orthogonal)."""

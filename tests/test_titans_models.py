@@ -12,14 +12,6 @@ from models.common import SlidingWindowAttention
 from models.titans.memory import NeuralMemory
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny shapes: one thread is faster and immune to a busy machine; restored afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 NAMES = ["titans-lmm", "titans-mac", "titans-mag", "titans-mal", "miras-moneta", "miras-yaad", "miras-memora"]
 # A shrunken tiny flavor so that every model runs in well under a second; chunk/segment/window smaller than T.
 SMALL = dict(dim=32, heads=2, depth=2, ff_hidden=64, chunk_size=4, segment=8, window=8, n_persistent=2)

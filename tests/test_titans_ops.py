@@ -14,14 +14,6 @@ from models.titans.objectives import make_bias, make_retention
 from models.titans.ops import memory_naive, memory_parallel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny shapes: one thread is faster and immune to a busy machine; restored afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 B, H, T, D = 2, 2, 13, 4
 
 
