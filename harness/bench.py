@@ -3,14 +3,31 @@
 Per model and sequence length, on random tokens of one batch (--batch-size x seq_len):
 - training tokens/s: one forward + backward + AdamW step, timed after --warmup untimed steps, --repeats times;
 - inference tokens/s: one no-grad forward, the same way;
-- peak memory: on CUDA torch.cuda.max_memory_allocated over the measured steps; on the CPU the peak resident set
-  size sampled every millisecond by a thread while the steps run (approximate: short peaks can be missed);
+- peak memory, per (model, seq_len):
+  * on the CPU each (model, seq_len) is measured in a fresh child process (`python -c`, the same interpreter
+    and sys.path; stdout and stderr shared) with the parent's torch thread count, so no row inherits memory
+    that an earlier model left resident (RSS never falls after a model is freed). The child imports the model's module and runs a tiny warm-up op (loading the math
+    and autograd libraries), reads its RSS (VmRSS, the baseline), builds the model, optimizer and batch, resets
+    its RSS high-water mark (writes "5" to /proc/self/clear_refs) and runs the warmup and timed steps.
+    `peak_mem_mb` = the child's VmHWM afterwards: the peak RSS during the steps (model, optimizer state,
+    activations, plus the process's baseline). Where clear_refs cannot be written the reset is skipped and
+    VmHWM is the child's whole-life peak; `mem_method` says which. `model_mem_mb` = peak_mem_mb minus the
+    baseline: what the model, its gradients, optimizer state and activations cost. The child's pid is recorded
+    in `pid`. An error in the child (out of memory, a length the model cannot take) comes back as the row's
+    `error`; a child that dies (e.g. killed by the OOM killer) gives a row whose `error` says so.
+  * `--in-process` measures in the bench process instead (the old mode; faster, but RSS left by earlier models
+    can inflate later rows): the same clear_refs + VmHWM reading, or where that is unavailable the RSS sampled
+    every millisecond by a thread (approximate: short peaks can be missed).
+  * on CUDA, in-process: torch.cuda.max_memory_allocated over the steps (peak stats reset after building the
+    model); `model_mem_mb` subtracts torch.cuda.memory_allocated before building it.
 - MFU = model FLOP/s / measured peak FLOP/s. The peak is measured here: the best of several large matmuls
-  (fp32 on the CPU, bf16 on CUDA). Model FLOPs per token (PaLM appendix B convention, non-causal):
-      training  6 N + 12 L d T_eff      inference  2 N + 4 L d T_eff
+  (fp32 on the CPU, bf16 on CUDA). Model FLOPs per token (PaLM appendix B convention, with causal masking):
+      training  6 N + 12 L d T_avg      inference  2 N + 4 L d T_avg
   with N = parameters outside embedding tables, and the attention term only for attention models (streaming
-  "window"), L layers, width d, T_eff = min(T, model.max_context). Recurrent models get 6N / 2N only, which
-  undercounts their scan work, so their MFU is a lower bound.
+  "window"), L layers, width d, and T_avg the average number of keys a query attends to under the causal mask
+  over a context of T tokens with window w = model.max_context (w = T when unbounded):
+      T_avg = (1/T) sum_{t=1..T} min(t, w)  =  (T + 1) / 2 when T <= w,  (w (w + 1) / 2 + (T - w) w) / T otherwise.
+  Recurrent models get 6N / 2N only, which undercounts their scan work, so their MFU is a lower bound.
 Medians and spread (max - min over the repeats) are written to <output-dir>/bench.csv; the plot of tokens/s
 against sequence length to <output-dir>/bench_tokens_per_s.png.
 
@@ -28,9 +45,14 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -41,8 +63,8 @@ from harness.registry import MODELS
 from harness.runner import resolve_device
 
 COLUMNS = ["model", "preset", "device", "seq_len", "batch_size", "params", "flops_params", "train_tok_s",
-           "train_tok_s_spread", "infer_tok_s", "infer_tok_s_spread", "peak_mem_mb", "mem_method", "train_mfu",
-           "infer_mfu", "peak_flops", "flops_formula", "repeats", "error"]
+           "train_tok_s_spread", "infer_tok_s", "infer_tok_s_spread", "peak_mem_mb", "model_mem_mb", "mem_method",
+           "train_mfu", "infer_mfu", "peak_flops", "flops_formula", "repeats", "pid", "error"]
 SWITCH_COLUMNS = ["model", "preset", "device", "switch", "state", "steps", "train_tok_s", "wall_tok_s"]
 SWITCHES = ("compile", "prefetch", "eval", "amp")
 
@@ -95,16 +117,64 @@ class _RssSampler:
         self._thread.join()
 
 
+def _proc_status_mb(key: str) -> float:
+    """A memory line of /proc/self/status ("VmRSS", "VmHWM"; kB there) in MB (2**20 bytes)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def _maxrss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def _rss_now_mb() -> float:
+    try:
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return _maxrss_mb()  # no /proc: the peak so far stands in for the current RSS
+
+
+def _rss_peak_mb() -> float:
+    try:
+        return _proc_status_mb("VmHWM")
+    except OSError:
+        return _maxrss_mb()
+
+
+def _reset_rss_peak() -> bool:
+    """Reset this process's RSS high-water mark (VmHWM) to its current RSS; False where the kernel does not let us."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def attended_length(seq_len: int, window: int | None) -> float:
+    """Average number of keys a query attends to under the causal mask over seq_len tokens with a sliding window:
+    (1/T) sum_{t=1..T} min(t, w); w = None (or w >= T) gives (T + 1) / 2."""
+    t, w = seq_len, min(window or seq_len, seq_len)
+    return (w * (w + 1) / 2 + (t - w) * w) / t
+
+
 def flops_per_token(model, seq_len: int) -> tuple[int, float, float, str]:
-    """(N, training FLOPs/token, inference FLOPs/token, formula used)."""
+    """(N, training FLOPs/token, inference FLOPs/token, formula used); see the module docstring."""
     n = model.num_parameters(exclude_embeddings=True)
     cfg = model.config
     layers = next((getattr(cfg, k) for k in ("depth", "n_layers", "num_layers", "layers") if hasattr(cfg, k)), None)
     width = next((getattr(cfg, k) for k in ("dim", "d_model", "hidden_size", "width") if hasattr(cfg, k)), None)
     if type(model).streaming == "window" and layers and width:
-        t_eff = min(seq_len, model.max_context or seq_len)
-        return (n, 6 * n + 12 * layers * width * t_eff, 2 * n + 4 * layers * width * t_eff,
-                f"6N+12*L*d*T (L={layers}, d={width}, T={t_eff})")
+        window = model.max_context
+        t_avg = attended_length(seq_len, window)
+        formula = (f"6N+12*L*d*T_avg, causal T_avg=mean_t min(t,w) (L={layers}, d={width}, T={seq_len}, "
+                   f"w={window}, T_avg={t_avg:g})")
+        return n, 6 * n + 12 * layers * width * t_avg, 2 * n + 4 * layers * width * t_avg, formula
     return n, 6 * n, 2 * n, "6N (no attention term)"
 
 
@@ -121,12 +191,32 @@ def _time(fn, warmup: int, repeats: int, device) -> list[float]:
     return times
 
 
-def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops) -> dict:
-    row = {"model": name, "preset": preset, "device": str(device), "seq_len": seq_len, "batch_size": batch_size,
-           "peak_flops": f"{peak_flops:.4g}", "repeats": repeats, "error": ""}
+def _warm_libraries() -> None:
+    """A tiny forward/backward/AdamW step, so the libraries it loads are in the baseline RSS, not the model's."""
+    layer = torch.nn.Linear(8, 8)
+    opt = torch.optim.AdamW(layer.parameters())
+    layer(torch.randn(2, 8)).square().mean().backward()
+    opt.step()
+
+
+def _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops) -> dict:
+    return {"model": name, "preset": preset, "device": str(device), "seq_len": seq_len, "batch_size": batch_size,
+            "peak_flops": f"{peak_flops:.4g}", "repeats": repeats, "pid": os.getpid(), "error": ""}
+
+
+def _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args=None,
+             in_child=False) -> dict:
+    """One (model, seq_len) row, measured in this process (a child of the bench when in_child)."""
+    row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops)
     try:
+        MODELS.load(MODELS.resolve(name).name)  # the model's imports are not the model's memory
+        if device.type == "cuda":
+            base = torch.cuda.memory_allocated(device) / 2 ** 20
+        else:
+            _warm_libraries()
+            base = _rss_now_mb()
         torch.manual_seed(0)
-        model = build_model(name, preset, 256).to(device)
+        model = build_model(name, preset, 256, model_args).to(device)
         n, train_fpt, infer_fpt, formula = flops_per_token(model, seq_len)
         row.update(params=model.num_parameters(), flops_params=n, flops_formula=formula)
         ids = torch.randint(0, 256, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(0)).to(device)
@@ -154,16 +244,26 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
             infer_t = _time(infer_step, warmup, repeats, device)
             peak, method = torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda.max_memory_allocated"
         else:
-            with _RssSampler() as rss:
+            where = "child process" if in_child else "in-process (earlier models' memory may stay resident)"
+            if _reset_rss_peak():
                 train_t = _time(train_step, warmup, repeats, device)
                 infer_t = _time(infer_step, warmup, repeats, device)
-            peak, method = rss.peak, "peak RSS sampled at 1 ms (approx.)"
+                peak, method = _rss_peak_mb(), f"{where}: VmHWM over the steps (reset via clear_refs)"
+            elif in_child:
+                train_t = _time(train_step, warmup, repeats, device)
+                infer_t = _time(infer_step, warmup, repeats, device)
+                peak, method = _rss_peak_mb(), f"{where}: VmHWM of the whole child (clear_refs unavailable)"
+            else:
+                with _RssSampler() as rss:
+                    train_t = _time(train_step, warmup, repeats, device)
+                    infer_t = _time(infer_step, warmup, repeats, device)
+                peak, method = rss.peak, f"{where}: peak RSS sampled at 1 ms (approx.)"
         tokens = batch_size * seq_len
         tr = [tokens / t for t in train_t]
         inf = [tokens / t for t in infer_t]
         row.update(train_tok_s=f"{statistics.median(tr):.1f}", train_tok_s_spread=f"{max(tr) - min(tr):.1f}",
                    infer_tok_s=f"{statistics.median(inf):.1f}", infer_tok_s_spread=f"{max(inf) - min(inf):.1f}",
-                   peak_mem_mb=f"{peak:.1f}", mem_method=method,
+                   peak_mem_mb=f"{peak:.1f}", model_mem_mb=f"{peak - base:.1f}", mem_method=method,
                    train_mfu=f"{statistics.median(tr) * train_fpt / peak_flops:.4f}",
                    infer_mfu=f"{statistics.median(inf) * infer_fpt / peak_flops:.4f}")
     except (RuntimeError, HarnessError) as exc:  # e.g. out of memory, or a length the model cannot take
@@ -171,6 +271,88 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+class ChildDied(HarnessError):
+    """The child process ended without an answer (killed, e.g. by the out-of-memory killer, or crashed)."""
+
+
+class ChildError(Exception):
+    """An exception from the child that could not be sent back as itself; carries its traceback text."""
+
+
+_CHILD_CODE = ("import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
+               "from harness.bench import _child_main; _child_main(int(sys.argv[1]))")
+
+
+def _child_main(result_fd: int) -> None:
+    """The child's side of call_in_child: the job comes on stdin, the answer goes to result_fd."""
+    threads, fn, args, kwargs = pickle.load(sys.stdin.buffer)
+    torch.set_num_threads(threads)
+    try:
+        result = ("ok", fn(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        result = ("raise", exc, traceback.format_exc())
+    try:
+        data = pickle.dumps(result)
+    except Exception:  # noqa: BLE001 (pickling an unpicklable result or exception raises many kinds)
+        data = pickle.dumps(("raise", ChildError(result[-1] if result[0] == "raise" else "unpicklable result"), ""))
+    with os.fdopen(result_fd, "wb") as f:
+        f.write(data)
+
+
+def call_in_child(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a fresh Python process (`python -c`, this interpreter and sys.path, stdout and
+    stderr shared) with this process's torch thread count. Returns its result or re-raises its exception here;
+    raises ChildDied when the child ends without answering. fn must be importable by name (module level)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, str(write_fd)], stdin=subprocess.PIPE,
+                                pass_fds=(write_fd,))
+    finally:
+        os.close(write_fd)  # only the child holds the writing end now: the read below ends when it exits
+    try:
+        proc.stdin.write(pickle.dumps(list(sys.path)) + pickle.dumps((torch.get_num_threads(), fn, args, kwargs)))
+        proc.stdin.close()
+    except BrokenPipeError:  # the child is already gone; its exit status says why
+        pass
+    with os.fdopen(read_fd, "rb") as f:
+        data = f.read()
+    code = proc.wait()
+    try:
+        message = pickle.loads(data) if data else None
+    except Exception as exc:  # noqa: BLE001 (unpickling a truncated or odd answer raises many kinds)
+        if code == 0:
+            raise ChildError(f"child's answer could not be read: {exc!r}") from None
+        message = None  # it died while writing
+    if message is None:
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if -code == signal.SIGKILL:
+                how += " (out of memory?)"
+        else:
+            how = f"exited with status {code}"
+        raise ChildDied(f"child process {proc.pid} {how} before reporting")
+    if message[0] == "raise":
+        raise message[1]
+    return message[1]
+
+
+def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args=None,
+              in_process=False) -> dict:
+    """One row of bench.csv. On the CPU (unless in_process) it is measured in a fresh child process."""
+    if in_process or device.type != "cpu":
+        return _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args)
+    try:
+        return call_in_child(_measure, name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops,
+                             model_args, in_child=True)
+    except ChildDied as exc:
+        row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops)
+        row.update(pid="", error=str(exc)[:200])
+        return row
 
 
 def switch_runs(models, preset, switches, steps, device_name, data_file) -> list[dict]:
@@ -257,7 +439,8 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def main(models, preset="tiny", seq_lens=(256, 1024, 4096), batch_size=1, warmup=2, repeats=5, device="auto",
-         switches=(), switch_steps=20, data_file=None, output_dir="results/bench", log=print) -> tuple[Path, ...]:
+         switches=(), switch_steps=20, data_file=None, output_dir="results/bench", log=print, model_args=None,
+         in_process=False) -> tuple[Path, ...]:
     if warmup < 0 or repeats < 1 or batch_size < 1 or min(seq_lens) < 1:
         raise HarnessError("--warmup must be >= 0, --repeats, --batch-size and --seq-lens >= 1")
     names = MODELS.names() if models in (["all"], "all") else [MODELS.resolve(m).name for m in models]
@@ -269,15 +452,15 @@ def main(models, preset="tiny", seq_lens=(256, 1024, 4096), batch_size=1, warmup
     rows = []
     for name in names:
         for seq_len in seq_lens:
-            row = bench_one(name, preset, seq_len, batch_size, warmup, repeats, dev, peak)
+            row = bench_one(name, preset, seq_len, batch_size, warmup, repeats, dev, peak, model_args, in_process)
             rows.append(row)
             if row["error"]:
                 log(f"  {name:<18} T={seq_len:<6} error: {row['error']}")
             else:
                 log(f"  {name:<18} T={seq_len:<6} train {float(row['train_tok_s']):>10,.0f} tok/s "
                     f"(±{float(row['train_tok_s_spread']) / 2:,.0f})  infer {float(row['infer_tok_s']):>10,.0f} "
-                    f"tok/s  mem {float(row['peak_mem_mb']):>8,.0f} MB  MFU train {float(row['train_mfu']):.2%} "
-                    f"infer {float(row['infer_mfu']):.2%}")
+                    f"tok/s  mem {float(row['peak_mem_mb']):>8,.0f} MB (model {float(row['model_mem_mb']):,.0f})  "
+                    f"MFU train {float(row['train_mfu']):.2%} infer {float(row['infer_mfu']):.2%}")
     csv_path = out / "bench.csv"
     _write_csv(csv_path, COLUMNS, rows)
     plot_path = plot(rows, out / "bench_tokens_per_s.png")

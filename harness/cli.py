@@ -240,8 +240,11 @@ def regress_command(suite, update, seeds, reference, models, data_file, device, 
 @click.option("--switch-steps", type=int, default=20, show_default=True, help="training steps per switch run")
 @click.option("--data-file", type=click.Path(), help="text for the switch runs [default ../shared/data/pg19]")
 @click.option("--output-dir", type=click.Path(), default="results/bench", show_default=True)
+@click.option("--model-arg", multiple=True, help="KEY=VALUE model setting override for every model (throughput rows; repeatable)")
+@click.option("--in-process", is_flag=True, help="CPU: measure in this process instead of a fresh child process "
+              "per model and length (faster, but memory left by earlier models inflates later rows)")
 def bench_command(models, preset, seq_lens, batch_size, warmup, repeats, device, switches, switch_steps, data_file,
-                  output_dir):
+                  output_dir, model_arg, in_process):
     """Training and inference tokens/s, peak memory and MFU per model and sequence length; CSV + plot."""
     from harness.bench import main as bench_main
 
@@ -252,7 +255,8 @@ def bench_command(models, preset, seq_lens, batch_size, warmup, repeats, device,
     bench_main(models=_csv_list(models, "--models"), preset=preset, seq_lens=lens, batch_size=batch_size,
                warmup=warmup, repeats=repeats, device=device,
                switches=[x for x in switches.split(",") if x.strip()], switch_steps=switch_steps,
-               data_file=data_file, output_dir=output_dir)
+               data_file=data_file, output_dir=output_dir, model_args=_key_values(model_arg, "--model-arg"),
+               in_process=in_process)
 
 
 def _sweep_options(f):
