@@ -14,6 +14,14 @@ How a model streams is declared by `streaming`:
   "window" - the model re-reads at most `max_context` previous tokens (attention models): exact while the stream
              is shorter than max_context, and a sliding window after that; the record says so.
   "none"   - the model cannot stream; asking raises StreamingUnsupported.
+
+Batches of streams: a state holds one stream per batch row. `model.select_state(state, rows)` keeps the given rows
+(in that order) and `model.repeat_state(state, n)` repeats every row n times; evaluators use them to run many
+streams in lockstep and to score several continuations of one stream in one call. The default (`state_rows`) maps
+over nested dicts / lists / tuples whose tensors have the batch as dim 0; plain values (ints such as a stream
+position, None) and 0-dim tensors are shared by all rows and kept as they are, so streams batched together must be
+at the same position. A model whose state is anything else overrides the two methods, or sets `batched_state =
+False` so evaluators keep to one stream per call.
 """
 
 from __future__ import annotations
@@ -27,12 +35,33 @@ from torch import nn
 from harness.errors import HarnessError, StreamingUnsupported
 
 _NO_STATE = object()
+_SHARED_TYPES = (int, float, bool, str, type(None))
+
+
+def state_rows(state: Any, index: torch.Tensor) -> Any:
+    """The state with batch rows `index` (a 1-d LongTensor; rows may repeat) of every tensor, as new tensors (the
+    result never aliases the input, so a model may update either in place). Plain values are shared and kept."""
+    if isinstance(state, torch.Tensor):
+        if state.dim() == 0:
+            return state
+        return state.index_select(0, index.to(state.device))
+    if isinstance(state, dict):
+        return {k: state_rows(v, index) for k, v in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a namedtuple
+        return type(state)(*(state_rows(v, index) for v in state))
+    if isinstance(state, (list, tuple)):
+        return type(state)(state_rows(v, index) for v in state)
+    if isinstance(state, _SHARED_TYPES):
+        return state
+    raise TypeError(f"cannot select batch rows of a {type(state).__name__} in a streaming state; the model needs "
+                    f"its own select_state/repeat_state or batched_state = False")
 
 
 class LMAdapter(nn.Module):
     """Base class of every registered architecture: an autoregressive LM over `vocab_size` tokens."""
 
     streaming: ClassVar[str] = "none"  # "state" | "window" | "none", see the module docstring
+    batched_state: ClassVar[bool] = True  # select_state / repeat_state work on this model's state (module docstring)
 
     def __init__(self, config: Any):
         super().__init__()
@@ -51,6 +80,16 @@ class LMAdapter(nn.Module):
         if self.streaming == "none":
             raise StreamingUnsupported(f"{type(self).__name__} cannot carry state across segments")
         return self.forward_with_state(input_ids, state)
+
+    # -- batches of streams (see the module docstring) --------------------------------------------------
+    def select_state(self, state: Any, rows) -> Any:
+        """The streams of batch rows `rows` (a sequence of ints or a 1-d LongTensor), as a new state."""
+        return state_rows(state, torch.as_tensor(rows, dtype=torch.long).reshape(-1))
+
+    def repeat_state(self, state: Any, n: int) -> Any:
+        """Every stream repeated n times along the batch (row b becomes rows b*n .. b*n+n-1), as a new state."""
+        batch = state_batch_size(state)
+        return state_rows(state, torch.arange(batch).repeat_interleave(n))
 
     @property
     def vocab_size(self) -> int:
@@ -75,6 +114,27 @@ class LMAdapter(nn.Module):
     def describe(self) -> dict:
         return {"class": type(self).__name__, "streaming": self.streaming,
                 "config": asdict(self.config) if is_dataclass(self.config) else repr(self.config)}
+
+
+def state_batch_size(state: Any) -> int:
+    """The batch size of a state (dim 0 of its tensors); an error if its tensors disagree or it has none."""
+    sizes: set[int] = set()
+
+    def walk(obj):
+        if isinstance(obj, torch.Tensor):
+            if obj.dim():
+                sizes.add(obj.shape[0])
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(state)
+    if len(sizes) != 1:
+        raise TypeError(f"a streaming state's tensors should share one batch size (dim 0); found {sorted(sizes)}")
+    return sizes.pop()
 
 
 class WindowStreaming:

@@ -1,5 +1,7 @@
 """BABILong evaluation: segment-by-segment scoring equals one-call scoring, memory stays bounded at 128k tokens,
-window / non-streaming models are handled and recorded, metrics and the heatmap come out."""
+window / non-streaming models are handled and recorded, metrics and the heatmap come out; batched scoring (many
+streams in lockstep, all candidates in one call) equals scoring one sample at a time for every state-streaming
+model."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from babilong_toys import NoStreamLM, RunningMeanLM, ToyConfig, WindowedLM  # noqa: E402
 
-from harness.errors import StreamingUnsupported  # noqa: E402
+from harness.adapter import build_model, state_rows
+from harness.errors import HarnessError, StreamingUnsupported  # noqa: E402
+from harness.registry import MODELS
 from tasks.babilong.common import ANSWER_TEMPLATE, TASK_LABELS  # noqa: E402
 from tasks.babilong.generator import BabilongGenerator, count_tokens  # noqa: E402
-from tasks.babilong.streaming import (continuation_logprob, greedy_generate, score_choices_full, score_choices_streaming,  # noqa: E402
-                                      stream_prompt)
+from tasks.babilong.streaming import (argmax_first, continuation_logprob, greedy_generate, repeat_state,  # noqa: E402
+                                      score_choices_batched, score_choices_full, score_choices_streaming,
+                                      select_state, stream_prompt, stream_prompts)
 from tasks.babilong.task import BabilongTask  # noqa: E402
 
 
@@ -142,3 +147,131 @@ def test_a_registered_model_streams_within_its_window():
     reference = score_choices_full(model, prompt, _candidates("qa1"), "cpu")
     assert streamed == pytest.approx(reference, abs=1e-3)  # float32, within the 4096-token window
 
+
+
+# -- batched scoring ------------------------------------------------------------------------------------------
+
+def _streaming_kind(name):
+    with torch.device("meta"):
+        return type(build_model(name, "tiny", 256)).streaming
+
+
+STATE_MODELS = [name for name in MODELS.names() if _streaming_kind(name) == "state"]
+PROMPT_LENGTHS = (300, 20, 129, 64, 200)  # unsorted, with ends on and off the 64-token grid
+CANDIDATE_LENGTHS = (1, 3, 9, 6)
+# Float32, absolute, on a candidate's log-likelihood. miras-moneta's l_p updates amplify float32 rounding: cutting
+# its stream at other points or changing the batch size alone moves its log-probs by up to ~5e-5 (the model
+# contract allows 1e-4 per logit), so it gets 1e-4 per candidate token; in float64 it agrees to ~1e-13 (below).
+LOGLIK_TOL = {"miras-moneta": lambda n_tokens: 1e-4 * n_tokens}
+
+
+def _random_case(prompt_lengths=PROMPT_LENGTHS):
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(256, (n,), generator=g).tolist() for n in prompt_lengths]
+    candidates = [torch.randint(256, (n,), generator=g).tolist() for n in CANDIDATE_LENGTHS]
+    return prompts, candidates
+
+
+def _assert_batched_equals_per_sample(model, tol, prompt_lengths=PROMPT_LENGTHS):
+    prompts, candidates = _random_case(prompt_lengths)
+    per_sample = [score_choices_streaming(model, p, candidates, 64, "cpu")[0] for p in prompts]
+    batched = score_choices_batched(model, prompts, [candidates] * len(prompts), 64, "cpu")
+    for ref, got in zip(per_sample, batched):
+        for c, a, b in zip(candidates, ref, got):
+            assert abs(a - b) <= tol(len(c)), (a, b, len(c))
+        assert argmax_first(got) == argmax_first(ref)
+
+
+@pytest.mark.parametrize("name", STATE_MODELS)
+def test_batched_scoring_equals_per_sample_for_every_state_model(name):
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", vocab_size=256).eval()
+    _assert_batched_equals_per_sample(model, LOGLIK_TOL.get(name, lambda n_tokens: 1e-4))
+
+
+def test_batched_scoring_of_miras_moneta_in_float64_agrees_to_rounding():
+    torch.manual_seed(0)
+    model = build_model("miras-moneta", "tiny", vocab_size=256).eval().double()
+    _assert_batched_equals_per_sample(model, lambda n_tokens: 1e-9, prompt_lengths=(130, 20, 70))
+
+
+def _same(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("name", STATE_MODELS)
+def test_state_rows_round_trip(name):
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", vocab_size=256).eval()
+    ids = torch.randint(256, (3, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, _, state = model(ids, state=None)
+        repeated = repeat_state(model, state, 2)  # rows 0 0 1 1 2 2
+        assert _same(select_state(model, repeated, [0, 2, 4]), state)
+        assert _same(select_state(model, repeated, [3]), select_state(model, state, [1]))
+        # a selected row carries on like the stream it came from (same continuation logits)
+        nxt = torch.randint(256, (3, 5), generator=torch.Generator().manual_seed(4))
+        whole, _, _ = model(nxt, state=state)
+        row, _, _ = model(nxt[1:2], state=select_state(model, state, [1]))
+    torch.testing.assert_close(row[0], whole[1], rtol=0, atol=1e-4)
+
+
+def test_state_rows_keeps_plain_values_and_refuses_unknown_objects():
+    state = {"pos": 7, "none": None, "step": torch.tensor(2),
+             "t": (torch.arange(6.).view(3, 2), [torch.zeros(3, 1, 4)])}
+    out = state_rows(state, torch.tensor([2, 0]))
+    assert out["pos"] == 7 and out["none"] is None and int(out["step"]) == 2
+    assert out["t"][0].tolist() == [[4.0, 5.0], [0.0, 1.0]] and out["t"][1][0].shape == (2, 1, 4)
+    with pytest.raises(TypeError, match="select_state"):
+        state_rows({"cache": object()}, torch.tensor([0]))
+
+
+def test_stream_prompts_feeds_lockstep_segments_and_drops_finished_streams():
+    model = RunningMeanLM()
+    calls = []
+    forward = model.forward_with_state
+    model.forward_with_state = lambda ids, state: calls.append(tuple(ids.shape)) or forward(ids, state)
+    prompts = [[1] * 10, [2] * 3, [3] * 10, [4] * 7]
+    got = list(stream_prompts(model, prompts, 4, "cpu"))
+    assert [i for i, _, _ in got] == [1, 3, 0, 2]  # shortest first, ties in order
+    assert calls == [(4, 3), (3, 1), (3, 3), (2, 1), (2, 2)]  # cut at 3, 4 (grid), 7, 8 (grid), 10
+    for i, logprobs, state in got:
+        ref_logprobs, _, _ = stream_prompt(model, prompts[i], 4, "cpu")
+        assert torch.allclose(logprobs, ref_logprobs, atol=1e-12)
+        assert float(state[1]) == len(prompts[i]) and state[0].shape == (1, 8)
+    with pytest.raises(StreamingUnsupported):
+        next(stream_prompts(WindowedLM(), prompts, 4, "cpu"))
+
+
+@pytest.mark.parametrize("scoring", ["choice", "generate"])
+def test_evaluate_batched_equals_one_sample_at_a_time(scoring):
+    results = {}
+    for eval_batch in (1, 3, 16):
+        task = BabilongTask(source="generator", tasks="qa1,qa2", lengths="0k,1k", samples=5, scoring=scoring,
+                            eval_batch=eval_batch, max_new_tokens=4)
+        metrics = task.evaluate(RunningMeanLM(), device="cpu", seq_len=128, batch_size=1, progress=False)
+        evaluation = task.describe()["evaluation"]
+        assert evaluation["batched"] == (eval_batch > 1) and evaluation["eval_batch"] == eval_batch
+        results[eval_batch] = {k: (m.value, m.n) for k, m in metrics.items()}
+    assert results[1] == results[3] == results[16]
+
+
+def test_evaluate_records_the_one_sample_path_for_window_and_unbatchable_models():
+    task = BabilongTask(source="generator", tasks="qa1", lengths="0k", samples=2)
+    task.evaluate(WindowedLM(ToyConfig(max_seq_len=512)), device="cpu", seq_len=128, batch_size=1, progress=False)
+    assert task.last_eval["batched"] is False and "window" in task.last_eval["batched_why_not"]
+
+    class Unbatchable(RunningMeanLM):
+        batched_state = False
+
+    task.evaluate(Unbatchable(), device="cpu", seq_len=128, batch_size=1, progress=False)
+    assert task.last_eval["batched"] is False and "batched_state" in task.last_eval["batched_why_not"]
+    for bad in (0, "many"):
+        with pytest.raises(HarnessError, match="eval_batch"):
+            BabilongTask(source="generator", eval_batch=bad)

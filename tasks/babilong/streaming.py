@@ -9,6 +9,15 @@ answer from a copy of that state (the model may update its state in place, so ea
 - generation: greedy decoding of up to `max_new_tokens` tokens, fed one token at a time with the state; the text
   is then judged by the benchmark's rule (scoring.compare_answers).
 
+Batched form (models with streaming == "state" and `batched_state`, harness/adapter.py): `stream_prompts` feeds
+several prompts in lockstep, all from stream position 0 and sorted by length, in calls of at most `seg_len` tokens
+cut on the seg_len grid and at every prompt's end; a prompt that ends hands over its last log-probs and its row of
+the state and leaves the batch. `score_candidates` then scores all candidates of one prompt in one call: the state
+repeated once per candidate, the candidates right-padded (after the real tokens, so a causal model's scores of the
+real tokens do not see the padding), the log-probs of the real tokens summed. Exact-streaming models give the same
+outputs wherever a stream is cut, so the batched scores equal the per-sample ones up to float rounding (tests check
+every registered state-streaming model).
+
 `score_choices_full` is the one-call reference (the whole prompt + candidate in one forward); tests check that
 the streamed scores equal it.
 """
@@ -21,6 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from harness.adapter import state_batch_size, state_rows
 from harness.errors import StreamingUnsupported
 
 
@@ -69,9 +79,102 @@ def score_choices_full(model, prompt_ids, candidates: Sequence[Sequence[int]], d
     return scores
 
 
+# -- batches of streams -----------------------------------------------------------------------------------------
+
+def select_state(model, state, rows):
+    """Rows `rows` of a batched state (the model's own select_state when it has one)."""
+    if hasattr(model, "select_state"):
+        return model.select_state(state, rows)
+    return state_rows(state, torch.as_tensor(rows, dtype=torch.long).reshape(-1))
+
+
+def repeat_state(model, state, n: int):
+    """Every row of a state repeated n times along the batch (the model's own repeat_state when it has one)."""
+    if hasattr(model, "repeat_state"):
+        return model.repeat_state(state, n)
+    return state_rows(state, torch.arange(state_batch_size(state)).repeat_interleave(n))
+
+
+def can_batch(model) -> bool:
+    """Whether `stream_prompts` / `score_candidates` may batch this model's streams."""
+    return model.streaming == "state" and bool(getattr(model, "batched_state", False))
+
+
+@torch.no_grad()
+def stream_prompts(model, prompts: Sequence[Sequence[int]], seg_len: int, device):
+    """Feed several prompts in lockstep; yields (prompt index, log-probs after its last token [V], its state with
+    batch 1) as each prompt ends, shortest first (ties: the earlier index first)."""
+    if not can_batch(model):
+        raise StreamingUnsupported(f"{type(model).__name__} streams cannot be batched (streaming="
+                                   f"{model.streaming!r}, batched_state={getattr(model, 'batched_state', None)})")
+    if seg_len < 1:
+        raise ValueError(f"seg_len must be >= 1, got {seg_len}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    ids = {i: torch.as_tensor(list(prompts[i]), dtype=torch.long, device=device) for i in order}
+    active, state, pos = order, None, 0
+    while active:
+        end = min((pos // seg_len + 1) * seg_len, len(prompts[active[0]]))  # the grid or the next prompt's end
+        logits, _, state = model(torch.stack([ids[i][pos:end] for i in active]), state=state)
+        pos = end
+        done = [row for row, i in enumerate(active) if len(prompts[i]) == pos]
+        if not done:
+            continue
+        last = F.log_softmax(logits[done, -1].double(), dim=-1)
+        for k, row in enumerate(done):
+            yield active[row], last[k], select_state(model, state, [row])
+        keep = [row for row, i in enumerate(active) if len(prompts[i]) != pos]
+        if keep:
+            state = select_state(model, state, keep)
+        active = [active[row] for row in keep]
+
+
+@torch.no_grad()
+def score_candidates(model, first_logprobs: torch.Tensor, state, candidates: Sequence[Sequence[int]], device
+                     ) -> list[float]:
+    """log p(candidate | prompt) of every candidate from the prompt's last log-probs and its state (batch 1), with
+    one call over all candidates longer than one token (right-padded)."""
+    scores = [float(first_logprobs[c[0]]) for c in candidates]
+    rest = [k for k, c in enumerate(candidates) if len(c) > 1]
+    if not rest:
+        return scores
+    width = max(len(candidates[k]) for k in rest)
+    ids = torch.zeros(len(rest), width, dtype=torch.long, device=device)  # padding: token 0, after the real tokens
+    real = torch.zeros(len(rest), width - 1, dtype=torch.bool, device=device)
+    for row, k in enumerate(rest):
+        c = candidates[k]
+        ids[row, :len(c)] = torch.as_tensor(list(c), dtype=torch.long, device=device)
+        real[row, :len(c) - 1] = True
+    logits, _, _ = model(ids[:, :-1], state=repeat_state(model, state, len(rest)))
+    logprobs = F.log_softmax(logits.double(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
+    totals = logprobs.masked_fill(~real, 0.0).sum(dim=1)
+    for row, k in enumerate(rest):
+        scores[k] += float(totals[row])
+    return scores
+
+
+@torch.no_grad()
+def score_choices_batched(model, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[Sequence[int]]],
+                          seg_len: int, device) -> list[list[float]]:
+    """The batched form of score_choices_streaming over several prompts (candidates[i] are prompt i's)."""
+    out: list[list[float] | None] = [None] * len(prompts)
+    for i, first, state in stream_prompts(model, prompts, seg_len, device):
+        out[i] = score_candidates(model, first, state, candidates[i], device)
+    return out
+
+
+# -- generation ----------------------------------------------------------------------------------------------------
+
 @torch.no_grad()
 def greedy_generate(model, prompt_ids, seg_len: int, device, max_new_tokens: int, stop_ids=()) -> list[int]:
     logprobs, state, _ = stream_prompt(model, prompt_ids, seg_len, device)
+    return greedy_continue(model, logprobs, state, device, max_new_tokens, stop_ids)
+
+
+@torch.no_grad()
+def greedy_continue(model, logprobs, state, device, max_new_tokens: int, stop_ids=()) -> list[int]:
+    """Greedy decoding from a prompt's last log-probs and its state (batch 1)."""
     out: list[int] = []
     for _ in range(max_new_tokens):
         token = int(torch.argmax(logprobs))

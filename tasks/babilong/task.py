@@ -9,6 +9,13 @@ Long samples are fed segment by segment with the model's streaming state (stream
 scores in bounded memory on recurrent models; attention models ("window") score within their window, and the
 record says which lengths exceeded it; models that cannot stream score only samples that fit one call.
 
+Recurrent models (streaming "state") are scored `eval_batch` samples at a time (default 16): the samples of one
+(task, length) cell, sorted by prompt length, are streamed in lockstep and leave the batch as their prompts end,
+and each sample's candidates are scored in one call (streaming.py). Exact-streaming models give the same scores
+as one sample at a time up to float rounding; `eval_batch=1` keeps the one-sample path. Attention models
+("window"), models that cannot stream and models whose state cannot be batched are scored one sample at a time;
+the record's `evaluation.batched` says which path ran.
+
 Models see bytes (vocab 256) by default (`tokenizer=gpt2` switches to GPT-2 tokens when the files are at hand);
 sample lengths are always GPT-2 token counts, as in the benchmark.
 
@@ -20,6 +27,7 @@ cell (a preset's token limit for LM tasks must not turn into 131072 samples).
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -33,12 +41,15 @@ from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS
 from tasks.babilong.generator import BabilongGenerator
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies
 from tasks.babilong.sources import SOURCES, HFSource, find_builder_files, open_source
-from tasks.babilong.streaming import (argmax_first, greedy_generate, score_choices_full, score_choices_streaming)
+from tasks.babilong.streaming import (argmax_first, can_batch, greedy_continue, greedy_generate, score_candidates,
+                                      score_choices_full, score_choices_streaming, stream_prompts)
 
 DEFAULT_LENGTHS = "0k,1k,2k,4k"
+DEFAULT_EVAL_BATCH = 16  # samples streamed together by recurrent models (1: one sample at a time)
 TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the training context
 OPTIONS = ("source", "tasks", "lengths", "train_length", "samples", "seed", "scoring", "tokenizer",
-           "max_new_tokens", "segment_len", "babi_dir", "books_dir", "tokenizer_dir", "data_dir", "data_file")
+           "max_new_tokens", "segment_len", "eval_batch", "babi_dir", "books_dir", "tokenizer_dir", "data_dir",
+           "data_file")
 
 
 class ByteCodec:
@@ -81,8 +92,8 @@ class BabilongTask(Task):
 
     def __init__(self, source: str = "auto", tasks: str = ",".join(TASKS), lengths: str = DEFAULT_LENGTHS,
                  train_length: str = "0k", samples=20, seed=0, scoring: str = "choice", tokenizer: str = "bytes",
-                 max_new_tokens=None, segment_len=None, data_dir=None, babi_dir=None, books_dir=None, tokenizer_dir=None,
-                 data_file=None, preset=None, **unknown):
+                 max_new_tokens=None, segment_len=None, eval_batch=DEFAULT_EVAL_BATCH, data_dir=None, babi_dir=None,
+                 books_dir=None, tokenizer_dir=None, data_file=None, preset=None, **unknown):
         if unknown:
             raise HarnessError(f"unknown BABILong option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
         self.tasks = parse_list(tasks, TASKS, "tasks")
@@ -115,6 +126,7 @@ class BabilongTask(Task):
         self.max_new_tokens = _as_int(max_new_tokens, "max_new_tokens", 1) if max_new_tokens is not None else (
             20 if tokenizer == "gpt2" else 40)  # the benchmark generates 20 GPT-2 tokens; ~40 bytes say as much
         self.segment_len = _as_int(segment_len, "segment_len", 1) if segment_len is not None else None
+        self.eval_batch = _as_int(eval_batch, "eval_batch", 1)
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
                             for t in self.tasks}
@@ -193,9 +205,18 @@ class BabilongTask(Task):
         return self._rows(index, batch_size, seq_len, 0x5EED)
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def _predict(self, model, sample, device, seg_len) -> bool:
-        prompt = self.codec.encode(sample.prompt())
-        labels = self.labels[sample.task]
+    def _judge_choice(self, sample, scores) -> bool:
+        return self.labels[sample.task][argmax_first(scores)].lower() == sample.target.lower()
+
+    def _judge_generation(self, sample, out) -> bool:
+        return compare_answers(sample.target, self.codec.decode(out), sample.question, self.labels[sample.task])
+
+    def _stop_ids(self) -> set[int]:
+        return set(self.codec.encode("\n"))
+
+    def _predict(self, model, sample, device, seg_len, prompt=None) -> bool | None:
+        """One sample scored alone (None: skipped, too long for a model that cannot stream)."""
+        prompt = self.codec.encode(sample.prompt()) if prompt is None else prompt
         fits_one_call = len(prompt) + max(map(len, self._candidates[sample.task])) <= (model.max_context or 10**12)
         if model.streaming == "none":
             if not fits_one_call:
@@ -206,10 +227,32 @@ class BabilongTask(Task):
         elif self.scoring == "choice":
             scores, _ = score_choices_streaming(model, prompt, self._candidates[sample.task], seg_len, device)
         else:
-            stop = set(self.codec.encode("\n"))
-            out = greedy_generate(model, prompt, seg_len, device, self.max_new_tokens, stop_ids=stop)
-            return compare_answers(sample.target, self.codec.decode(out), sample.question, labels)
-        return labels[argmax_first(scores)].lower() == sample.target.lower()
+            out = greedy_generate(model, prompt, seg_len, device, self.max_new_tokens, stop_ids=self._stop_ids())
+            return self._judge_generation(sample, out)
+        return self._judge_choice(sample, scores)
+
+    def _predict_batched(self, model, samples, prompts, device, seg_len, done=None) -> list[bool]:
+        """The samples of one cell scored `eval_batch` at a time (streaming.stream_prompts): sorted by prompt
+        length and cut into groups of even size, so each group streams prompts of similar length. Returns the
+        outcomes in the samples' order."""
+        outcomes: list[bool | None] = [None] * len(samples)
+        order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
+        n_groups = -(-len(order) // self.eval_batch)  # groups of even size: 20 samples at eval_batch 16 are 10 + 10
+        bounds = [len(order) * g // n_groups for g in range(n_groups + 1)]
+        for lo, hi in itertools.pairwise(bounds):
+            group = order[lo:hi]
+            for k, first, state in stream_prompts(model, [prompts[i] for i in group], seg_len, device):
+                i = group[k]
+                sample = samples[i]
+                if self.scoring == "choice":
+                    scores = score_candidates(model, first, state, self._candidates[sample.task], device)
+                    outcomes[i] = self._judge_choice(sample, scores)
+                else:
+                    out = greedy_continue(model, first, state, device, self.max_new_tokens, self._stop_ids())
+                    outcomes[i] = self._judge_generation(sample, out)
+                if done is not None:
+                    done()
+        return outcomes
 
     def segment_length(self, model, seq_len: int) -> int:
         """Tokens fed per call: the training context by default (`segment_len` overrides); attention models,
@@ -224,8 +267,14 @@ class BabilongTask(Task):
         # `limit` caps the samples per (task, length) cell; the `samples` option sets them
         n = self.samples if limit is None else min(self.samples, _as_int(limit, "limit", 1))
         seg_len = self.segment_length(model, seq_len)
+        batched = self.eval_batch > 1 and can_batch(model)
         self.last_eval = {"samples_per_cell": n, "segment_len": seg_len, "model_streaming": model.streaming,
-                          "model_window": model.max_context}
+                          "model_window": model.max_context, "batched": batched, "eval_batch": self.eval_batch}
+        if not batched:
+            self.last_eval["batched_why_not"] = (
+                "eval_batch=1" if self.eval_batch == 1 else
+                f"streaming={model.streaming!r} scores one sample at a time" if model.streaming != "state" else
+                "the model's state cannot be batched (batched_state=False)")
         model.eval()
         metrics: dict[str, Metric] = {}
         cells: dict[tuple[str, str], tuple[float, float | None, int]] = {}
@@ -235,15 +284,22 @@ class BabilongTask(Task):
         for length, tokens in self.lengths:
             exceeded = skipped = 0
             for task in self.tasks:
+                samples = self.eval_samples(task, length, tokens, n)
+                prompts = [self.codec.encode(sample.prompt()) for sample in samples]
+                if batched:
+                    results = self._predict_batched(model, samples, prompts, device, seg_len, lambda: bar.update(1))
+                else:
+                    results = []
+                    for sample, prompt in zip(samples, prompts):
+                        results.append(self._predict(model, sample, device, seg_len, prompt))
+                        bar.update(1)
                 outcomes = []
-                for sample in self.eval_samples(task, length, tokens, n):
-                    correct = self._predict(model, sample, device, seg_len)
-                    bar.update(1)
+                for prompt, correct in zip(prompts, results):
                     if correct is None:
                         skipped += 1
                         continue
                     outcomes.append(bool(correct))
-                    if window is not None and len(self.codec.encode(sample.prompt())) > window:
+                    if window is not None and len(prompt) > window:
                         exceeded += 1
                 if outcomes:
                     cells[task, length] = binomial_accuracy(outcomes)
@@ -276,6 +332,7 @@ class BabilongTask(Task):
                         for name, tokens in self.lengths},
             "length_unit": "GPT-2 tokens; '1k' = 1000 (the benchmark's names); 300 tokens left for the prompt",
             "samples_per_cell": self.samples,
+            "eval_batch": self.eval_batch,
             "seed": self.seed,
             "train_length": self.train_length[0],
             "train_rows": dict(self.train_stats),
