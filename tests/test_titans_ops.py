@@ -33,14 +33,14 @@ def _inputs(depth, momentum, decay, seed=0):
     return x, weights
 
 
-def _run(fn, x, weights, momentum, chunk, bias, retention, pos=0):
+def _run(fn, x, weights, momentum, chunk, bias, retention, pos=0, grad_clip=None):
     state = {"A": weights, "S": [torch.zeros_like(w) for w in weights] if momentum else None, "G": weights,
              "pos": pos}
     return fn(x["q"], x["k"], x["v"], x["theta"], x["log_keep"], x["log_eta"], state, chunk, bias, retention,
-              x["bias_param"] if bias.needs_param else None)
+              x["bias_param"] if bias.needs_param else None, grad_clip=grad_clip)
 
 
-def _compare(depth, momentum, decay, bias_name="l2", retention_name="decay", chunk=4, pos=0):
+def _compare(depth, momentum, decay, bias_name="l2", retention_name="decay", chunk=4, pos=0, grad_clip=None):
     x, weights = _inputs(depth, momentum, decay)
     leaves = [t for t in list(x.values()) + weights if t is not None]
     for t in leaves:
@@ -48,7 +48,7 @@ def _compare(depth, momentum, decay, bias_name="l2", retention_name="decay", chu
     bias, retention = make_bias(bias_name), make_retention(retention_name, scale=2.0)
     results = []
     for fn in (memory_parallel, memory_naive):
-        y, state = _run(fn, x, weights, momentum, chunk, bias, retention, pos)
+        y, state = _run(fn, x, weights, momentum, chunk, bias, retention, pos, grad_clip)
         probe = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
         loss = (y * probe).sum() + sum(a.pow(2).sum() for a in state["A"])
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
@@ -87,6 +87,21 @@ def test_parallel_matches_reference_miras(bias, retention, depth, momentum):
 
 def test_three_layer_memory():
     _compare(3, True, True)
+
+
+@pytest.mark.parametrize("depth,momentum,bias,retention",
+                         [(1, False, "l2", "decay"), (2, True, "l2", "decay"), (2, False, "huber", "decay"),
+                          (2, False, "lp", "lq")])
+def test_parallel_matches_reference_with_inner_gradient_clip(depth, momentum, bias, retention):
+    """A cap of 0.5 cuts most tokens' gradients of these inputs (norms ~0.1-3), so both paths clip, and must
+    clip alike (the reference takes each token's full gradient matrix norm)."""
+    x, weights = _inputs(depth, momentum, True)
+    bias_fn, keep = make_bias(bias), make_retention(retention, scale=2.0)
+    # the cap must bite, or this test would not test it
+    _, free = _run(memory_parallel, x, weights, momentum, 4, bias_fn, keep)
+    _, capped = _run(memory_parallel, x, weights, momentum, 4, bias_fn, keep, grad_clip=0.5)
+    assert (free["A"][-1] - capped["A"][-1]).abs().max() > 1e-3
+    _compare(depth, momentum, True, bias, retention, grad_clip=0.5)
 
 
 @pytest.mark.parametrize("cuts", [[0, 5, 6, 13], [0, 4, 8, 13], [0, 1, 2, 3, 13]])

@@ -69,7 +69,11 @@ class _ShiftedMultiplyAdd(torch.autograd.Function):
             for j in range(K):
                 grad_padded[:, j:j + T].addcmul_(grad, w[:, j])
         if ctx.needs_input_grad[1]:
-            grad_w = torch.stack([(grad * padded[:, j:j + T]).sum((0, 1)) for j in range(K)], 1)
+            # one product buffer for every tap: a fresh full-size product per tap costs more in page faults
+            # than in arithmetic on the CPU
+            product = torch.empty_like(grad)
+            grad_w = torch.stack([torch.mul(grad, padded[:, j:j + T], out=product).sum((0, 1))
+                                  for j in range(K)], 1)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 1))
         return grad_padded, grad_w, grad_bias

@@ -33,11 +33,11 @@ class NeuralMemory(nn.Module):
                  expansion: int = 2,
                  chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
                  bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
-                 theta_max: float = 0.01):
+                 theta_max: float = 0.01, grad_clip: float | None = None):
         super().__init__()
         head_dim = head_dim or dim // n_heads
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
-        self.momentum, self.decay, self.theta_max = momentum, decay, theta_max
+        self.momentum, self.decay, self.theta_max, self.grad_clip = momentum, decay, theta_max, grad_clip
         self.bias = make_bias(bias, bias_p)
         self.retention = make_retention(retention, retention_q, scale=math.sqrt(head_dim))
         inner = n_heads * head_dim
@@ -85,10 +85,12 @@ class NeuralMemory(nn.Module):
         inner = self.n_heads * self.head_dim
         # L2-normalise q and k per head in one call on the contiguous [B, T, 2H, d] layout, then split into heads
         # (x * rsqrt(max(|x|^2, eps^2)) is F.normalize's x / max(|x|, eps) with a cheaper backward than division)
-        qk = qkv[..., :2 * inner].unflatten(-1, (2 * self.n_heads, self.head_dim))
+        # (split, not slicing: the backward of a slice zero-fills a full-size gradient per slice)
+        qk, v = qkv.split([2 * inner, inner], dim=-1)
+        qk = qk.unflatten(-1, (2 * self.n_heads, self.head_dim))
         qk = qk * qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24).rsqrt()
         q, k = (self._heads(t.flatten(-2)) for t in qk.chunk(2, dim=-2))
-        v = self._heads(qkv[..., 2 * inner:])
+        v = self._heads(v)
         gates = self.to_gates(x).transpose(1, 2)  # [B, n_gates*H, T]
         parts = list(gates.split(self.n_heads, dim=1))
         theta = self.theta_max * torch.sigmoid(parts.pop(0))
@@ -109,7 +111,7 @@ class NeuralMemory(nn.Module):
         q, k, v, theta, log_keep, log_eta, bias_param, conv_state = self._inputs(x, state["conv"])
         op = memory_naive if reference else memory_parallel
         y, mem = op(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias, self.retention,
-                    bias_param)
+                    bias_param, grad_clip=self.grad_clip)
         mem["conv"] = conv_state
         return self._output(y), mem
 

@@ -47,6 +47,10 @@ class TitansConfig:
     retention: str = "decay"  # decay (l2) | lq (Moneta) | kl (Memora)
     retention_q: float = 4.0  # q of the l_q retention (Moneta: 4)
     theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverged at init)
+    # cap on the norm of each token's inner gradient per memory layer (titans-pytorch's max_grad_norm); without
+    # it the depth-2 memory's inner descent can run away within one sequence once the gates learn a large step
+    # (titans-mac at lr 3e-3 on BABILong: 0.5 -> 1e23 in one step); 2.0 is above the 99th percentile at init
+    inner_grad_clip: float | None = 2.0
     window: int = 64  # sliding-window attention width (mag, mal)
     segment: int = 32  # MAC segment length
     n_persistent: int = 4  # learnable persistent tokens visible to every position (mac, mag, mal)
@@ -58,7 +62,8 @@ def _memory_kwargs(cfg: TitansConfig) -> dict:
     return dict(depth=cfg.memory_depth, expansion=cfg.memory_expansion, chunk_size=cfg.chunk_size,
                 conv_size=cfg.conv_size, momentum=cfg.momentum, decay=cfg.decay, bias=cfg.bias,
                 bias_p=cfg.bias_p,
-                retention=cfg.retention, retention_q=cfg.retention_q, theta_max=cfg.theta_max)
+                retention=cfg.retention, retention_q=cfg.retention_q, theta_max=cfg.theta_max,
+                grad_clip=cfg.inner_grad_clip)
 
 
 class LMMBlock(nn.Module):

@@ -107,7 +107,19 @@ def _coefficients(theta, log_keep, log_eta, q, k):
     return coef
 
 
-def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
+def _clip_token_grads(acts, deltas, max_norm):
+    """Scale every token's gradient of every layer, u_i = a_i^T delta_i, to Frobenius norm <= max_norm, as
+    torch.nn.utils.clip_grad_norm_ does per step: |u_i| = |a_i| |delta_i| for an outer product, so the norm
+    costs two row norms and u_i is never formed. Returns the scaled deltas (backpropagation inside the memory
+    MLP used the unscaled ones: the clip applies to each layer's gradient, not to the chain)."""
+    out = []
+    for a, d in zip(acts, deltas):
+        norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True) * torch.linalg.vector_norm(d, dim=-1, keepdim=True)
+        out.append(d * (max_norm / norm.clamp_min(max_norm)))  # [N, n, d] * [N, n, 1]
+    return out
+
+
+def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_clip=None):
     """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef
     from
     `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start
@@ -118,6 +130,8 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention):
     if shared:
         zk, qA0 = torch.bmm(coef["kq"], A[0]).split(n, dim=1)
     acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param, zk if shared else None)
+    if grad_clip is not None:
+        deltas = _clip_token_grads(acts, deltas, grad_clip)
     C, beta, momentum = coef["C"], coef["beta"], S is not None
     r, new_A, new_S = q, [], []
     last = len(A) - 1
@@ -152,12 +166,13 @@ def _walk(T, chunk_size, pos):
         t += n
 
 
-def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
+def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None,
+                    grad_clip=None):
     """Write every token into the memory and read each one back after its write, chunk-parallel.
 
-    q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha)
-    [B,H,T] or
-    None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None.
+    q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha) [B,H,T]
+    or None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None;
+    grad_clip: cap on the Frobenius norm of every token's gradient per layer (None: no cap).
     state = {"A": [per-layer [B,H,d_{l-1},d_l]], "S": [...] or None, "G": [...], "pos": int}.
     Returns y [B,H,T,d_out] and the new state."""
     Bsz, H = q.shape[:2]
@@ -175,7 +190,7 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     for (t, n), qc, kc, vc, pc, coef in zip(pieces, qs, ks, vs, ps, coefs):
         if (pos + t) % chunk_size == 0:
             G = A
-        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention)
+        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention, grad_clip)
         outs.append(y)
     unflat = lambda xs: None if xs is None else [x.unflatten(0, (Bsz, H)) for x in xs]  # noqa: E731
     y = torch.cat(outs, dim=1).unflatten(0, (Bsz, H))
@@ -205,7 +220,8 @@ def _piece_coefficients(theta, log_keep, log_eta, q, k, sizes, chunk_size):
     return out
 
 
-def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None):
+def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None,
+                 grad_clip=None):
     """Reference: the recurrence walked one token at a time, with the per-token gradient taken by
     torch.func.grad
     of the bias's loss (not the closed form) at the chunk-start weights."""
@@ -221,6 +237,9 @@ def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, ret
             return bias.loss(mlp_apply(kt, weights) - vt, bp).sum()
 
         grads = torch.func.grad(inner_loss)([retention.phi(g) for g in G])
+        if grad_clip is not None:  # the per-token norm of each layer's full gradient matrix
+            grads = [u * (grad_clip / u.flatten(-2).norm(dim=-1).clamp_min(grad_clip))[..., None, None]
+                     for u in grads]
         th = theta[:, :, t, None, None]
         keep = 1.0 if log_keep is None else log_keep[:, :, t, None, None].exp()
         if log_eta is not None:
