@@ -1,17 +1,15 @@
 """The neural long-term memory layer (Titans, arXiv 2501.00663, section 3.1; MIRAS, arXiv 2504.13173).
 
-x [B, T, dim] -> per head: q, k, v = SiLU(conv(x W_{q,k,v})) (short causal depthwise conv), q and k
-L2-normalised
-(section 4.4); theta_t, alpha_t, eta_t (and Yaad's Huber threshold delta_t) are per-head linear functions of
-x_t
-squashed into their ranges: theta = theta_max * sigmoid, alpha and eta = sigmoid, delta = softplus. The
-memory is
-written and read by `models.titans.ops.memory_parallel`; the read is RMS-normalised per head and projected
-out.
+x [B, T, dim] -> per head: q, k, v = SiLU(conv(x W_{q,k,v})) (short causal depthwise conv), q and k L2-normalised
+(section 4.4); theta_t, alpha_t, eta_t (and Yaad's Huber threshold delta_t) are per-head linear functions of x_t
+squashed into their ranges: theta = theta_max * sigmoid, alpha and eta = sigmoid, delta = softplus. The memory is
+written and read by `models.titans.ops.memory_parallel`; the read is RMS-normalised per head and projected out.
+`grad_clip` caps each token's inner gradient per memory layer (Frobenius norm), as titans-pytorch's
+`max_grad_norm` does: the paper's rule alone lets a depth-2 memory's inner descent run away within one sequence
+once the outer loop learns large steps.
 
 The memory's initial weights are learned (per head); the outer loop trains them, the projections and the gate
-nets through the unrolled inner updates (the inner gradients are closed-form, so the whole chunked recurrence
-is
+nets through the unrolled inner updates (the inner gradients are closed-form, so the whole chunked recurrence is
 one differentiable graph).
 """
 

@@ -1,29 +1,25 @@
 """The neural long-term memory's write/read recurrence (Titans, arXiv 2501.00663, eqs. 12-15 and section 3.2),
 as a chunk-parallel op and a token-by-token reference.
 
-Per head the memory is an MLP with weight matrices W^1..W^L (L = 1: a matrix memory), x -> silu(x W^1) ...
-W^L.
+Per head the memory is an MLP with weight matrices W^1..W^L (L = 1: a matrix memory), x -> silu(x W^1) ... W^L.
 Each weight matrix has a state A (W = phi(A), see objectives.py) and a momentum S. For token t:
-    u_t = d loss(M_{W_g}(k_t) - v_t) / dW                gradient at the chunk-start weights W_g (section 3.2)
-    S_t = eta_t S_{t-1} - theta_t u_t                     surprise with momentum (eq. 13, eta = 0: no
-    momentum)
+    u_t = d loss(M_{W_g}(k_t) - v_t) / dW                gradient at the chunk-start weights W_g (section 3.2),
+                                                          optionally scaled to norm <= grad_clip per layer
+    S_t = eta_t S_{t-1} - theta_t u_t                     surprise with momentum (eq. 13; eta = 0: none)
     A_t = keep_t A_{t-1} + S_t, keep_t = 1 - alpha_t      forgetting (eq. 13 / MIRAS retention)
     y_t = M_{phi(A_t)}(q_t)                               read after the write, no weight change (eq. 15)
 Chunks are aligned to absolute stream positions (pos % chunk_size == 0 starts one), so a stream cut anywhere
 gives the same result as one call: the state carries A, S and the current chunk's start state G.
 
-Parallel form, per chunk of n tokens (no loop over tokens): all u_i come from one batched forward +
-closed-form
-backward of the MLP at W_g, as outer products a_i^T delta_i that are never materialised. Unrolling the two
-linear
+Parallel form, per chunk of n tokens (no loop over tokens): all u_i come from one batched forward + closed-form
+backward of the MLP at W_g, as outer products a_i^T delta_i that are never materialised. Unrolling the two linear
 recurrences inside the chunk,
     A_t = beta_t A_0 + m_t S_0 - sum_{i<=t} C[t, i] a_i^T delta_i
 with beta_t = prod_{j<=t} keep_j, D[t, s] = beta_t / beta_s (s <= t), Mo[s, i] = theta_i prod_{i<j<=s} eta_j,
 C = D @ Mo and m = D @ (prod_{j<=s} eta_j). All decay products are taken as exp of differences of cumulative
 log-sums, so nothing under- or overflows. Reads then need no per-token weights (the "dual form"):
     r A_t = beta_t (r A_0) + m_t (r S_0) - ((C * (r a^T)) @ delta)_t
-layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q
-and KL
+layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q and KL
 retention) the chunk's per-token states A_t [n, d_in, d_out] are materialised instead and phi applied to each.
 """
 
