@@ -54,6 +54,25 @@ class Task:
         return {"name": self.name}
 
 
+class StreamTask(Task):
+    """A language-modelling task over one token stream per split: training and validation batches are random
+    windows of the "train" and "valid" streams, seeded by (seed, step) and by a fixed seed with the batch index."""
+
+    def token_stream(self, split: str) -> tuple[np.ndarray, str]:
+        """(tokens of `split`, how to name that stream in an error)."""
+        raise NotImplementedError
+
+    def _windows(self, split: str, rng: np.random.Generator, batch_size: int, seq_len: int):
+        stream, what = self.token_stream(split)
+        return random_windows(stream, rng, batch_size, seq_len, what)
+
+    def train_batch(self, step, batch_size, seq_len, seed):
+        return self._windows("train", np.random.default_rng([seed, step]), batch_size, seq_len)
+
+    def val_batch(self, index, batch_size, seq_len):
+        return self._windows("valid", np.random.default_rng([0x5EED, index]), batch_size, seq_len)
+
+
 def random_windows(stream: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int, what: str):
     """(inputs, targets) of `batch_size` windows of seq_len + 1 tokens at random offsets of a token stream: the
     batch sampler of every language-modelling task (seeded by the caller with (seed, step) or a fixed index)."""

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from harness.data import cache_dir, data_dirs, download, sha256_bytes
 from harness.errors import DataError
-from tasks.base import Metric, Task, random_windows
+from tasks.base import Metric, StreamTask
 from tasks.metrics import LN2, ratio_with_stderr
 
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
@@ -103,7 +103,7 @@ def read_text_source(path: str | os.PathLike) -> tuple[bytes, list[str]]:
     raise DataError(f"--data-file {path} does not exist; give a text file or a folder of .txt files")
 
 
-class ByteLMTask(Task):
+class ByteLMTask(StreamTask):
     """Shared machinery of the byte-level tasks: batches by (seed, step), windowed BPB scoring."""
 
     primary_metric = "bpb"
@@ -114,14 +114,8 @@ class ByteLMTask(Task):
                        (("train", train), ("valid", valid), ("test", test))}
         self.info = info
 
-    def _windows(self, split: str, rng: np.random.Generator, batch_size: int, seq_len: int):
-        return random_windows(self.splits[split], rng, batch_size, seq_len, f"the {split} split")
-
-    def train_batch(self, step, batch_size, seq_len, seed):
-        return self._windows("train", np.random.default_rng([seed, step]), batch_size, seq_len)
-
-    def val_batch(self, index, batch_size, seq_len):
-        return self._windows("valid", np.random.default_rng([0x5EED, index]), batch_size, seq_len)
+    def token_stream(self, split: str):
+        return self.splits[split], f"the {split} split"
 
     @torch.no_grad()
     def evaluate(self, model, *, device, seq_len, batch_size, limit=None, progress=True):

@@ -33,7 +33,7 @@ import numpy as np
 
 from harness.data import atomic_write_bytes, cache_dir, data_dirs, sha256_bytes
 from harness.errors import DataError, HarnessError
-from tasks.base import Metric, Task, random_windows
+from tasks.base import Metric, StreamTask
 from tasks.doc_scoring import rolling_windows, score_items
 from tasks.metrics import LN2, ratio_with_stderr
 from tasks.tokenizer import cached_bpe, load_tokenizer
@@ -139,7 +139,7 @@ def load_hf(config: str, hub_names=("Salesforce/wikitext", "wikitext")) -> dict[
 
 # -- the task ---------------------------------------------------------------------------------------------------------
 
-class WikiTextTask(Task):
+class WikiTextTask(StreamTask):
     primary_metric = "word_perplexity"
     hf_config = ""
     subfolders: tuple[str, ...] = ()
@@ -260,14 +260,8 @@ class WikiTextTask(Task):
         return flat
 
     # -- batches ---------------------------------------------------------------------------------------------------
-    def _windows(self, split: str, rng: np.random.Generator, batch_size: int, seq_len: int):
-        return random_windows(self.streams[split], rng, batch_size, seq_len, f"{self.name}: the {split} stream")
-
-    def train_batch(self, step, batch_size, seq_len, seed):
-        return self._windows("train", np.random.default_rng([seed, step]), batch_size, seq_len)
-
-    def val_batch(self, index, batch_size, seq_len):
-        return self._windows("valid", np.random.default_rng([0x5EED, index]), batch_size, seq_len)
+    def token_stream(self, split: str):
+        return self.streams[split], f"{self.name}: the {split} stream"
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def document_logprobs(self, model, *, device, seq_len: int, batch_size: int, limit: int | None = None,
