@@ -4,6 +4,13 @@
      same width, heads, chunk size, momentum + decay and a depth-2 memory MLP (expansion 2);
   2. titans-mac tiny against transformer-pp tiny (the harness's tiny training shape, batch 16 x 128 tokens).
 
+Pair 1 runs at every chunk size of --chunks (default 16, 32, 64; the tiny preset's is 16). The two libraries
+give "chunk size" different work: here every token's write updates the memory state (per-token momentum and
+decay, each token read after its own write; the chunk only fixes the weights the gradients are taken at), while
+titans-pytorch sums a chunk's gradients into one update (momentum and decay scanned over chunks) and reads
+with one set of weights per chunk. Our cost per token is about constant in the chunk size; theirs falls as the chunk grows, so the ratio
+is reported per chunk size, not as one number.
+
 The two sides of each pair are timed in alternating rounds (the machine may be shared) and the medians are
 printed. titans-pytorch is an optional `bench` extra: install it in a separate environment and run this script
 with that environment's python, e.g.
@@ -23,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.adapter import build_model  # noqa: E402
-from models.titans.memory import NeuralMemory  # noqa: E402
+from harness.adapter import build_model
+from models.titans.memory import NeuralMemory
 
 
 def _contiguous_params(module):
@@ -81,18 +88,18 @@ def report(med, raw, cpu, a, b, target):
           f"ratio {cpu_ratio:.2f}")
 
 
-def memory_pair(args):
+def memory_pair(args, chunk):
     try:
         from titans_pytorch import NeuralMemory as RefMemory
     except ImportError:
         print("pair 1: titans-pytorch is not installed in this environment; not measured")
         return None
-    dim, heads, chunk, B, T = args.dim, args.heads, args.chunk, args.batch, args.seq
+    dim, heads, B, T = args.dim, args.heads, args.batch, args.seq
     torch.manual_seed(0)
     ours = NeuralMemory(dim, heads, depth=2, expansion=2, chunk_size=chunk, momentum=True, decay=True)
     theirs = RefMemory(dim=dim, dim_head=dim // heads, heads=heads, chunk_size=chunk, momentum=True,
-                       default_model_kwargs=dict(depth=2, expansion_factor=2.0))
-    make = lambda: torch.randn(B, T, dim)  # noqa: E731
+                       default_model_kwargs={"depth": 2, "expansion_factor": 2.0})
+    make = lambda: torch.randn(B, T, dim)
     a = Side("ours", ours, make, lambda m, x: m(x)[0].pow(2).mean(), B * T)
     b = Side("titans-pytorch", theirs, make, lambda m, x: m(x)[0].pow(2).mean(), B * T)
     print(f"pair 1: memory layer dim={dim} heads={heads} chunk={chunk} depth-2 MLP, batch {B} x {T} tokens; "
@@ -112,7 +119,7 @@ def model_pair(args):
         logits, aux = m(batch[0])
         return ce(logits.reshape(-1, logits.shape[-1]), batch[1].reshape(-1)) + aux
 
-    make = lambda: (torch.randint(0, 256, (B, T)), torch.randint(0, 256, (B, T)))  # noqa: E731
+    make = lambda: (torch.randint(0, 256, (B, T)), torch.randint(0, 256, (B, T)))
     a = Side("titans-mac tiny", build_model("titans-mac", "tiny", 256), make, loss, B * T)
     b = Side("transformer-pp tiny", build_model("transformer-pp", "tiny", 256), make, loss, B * T)
     print(f"pair 2: LMs at preset tiny, batch {B} x {T} tokens; "
@@ -130,15 +137,30 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="training steps per round")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--chunks", default="16,32,64", help="comma-separated chunk sizes for pair 1")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--only", choices=["memory", "models"], default=None, help="run one pair only")
     args = ap.parse_args()
+    try:
+        chunks = [int(c) for c in args.chunks.split(",")]
+    except ValueError:
+        ap.error(f"--chunks takes comma-separated positive integers, got {args.chunks!r}")
+    if any(c < 1 or args.seq % c for c in chunks):
+        ap.error(f"every chunk size must be >= 1 and divide --seq {args.seq}; got {args.chunks}")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds x {args.steps} steps")
     if args.only in (None, "memory"):
-        memory_pair(args)
+        rows = []
+        for chunk in chunks:
+            med = memory_pair(args, chunk)
+            if med is None:
+                break
+            rows.append((chunk, med["ours"], med["titans-pytorch"]))
+        if len(rows) > 1:
+            print("pair 1 summary (wall-clock medians, tokens/s):")
+            for chunk, ours, theirs in rows:
+                print(f"  chunk {chunk:3d}: ours {ours:8.0f}  titans-pytorch {theirs:8.0f}  ratio {ours / theirs:.2f}")
     if args.only in (None, "models"):
         model_pair(args)
 
