@@ -41,8 +41,8 @@ def mlp_apply(x, weights):
 def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
     """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n,
     d]
-    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = a_l[i]^T
-    delta_l[i].
+    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = bias.grad_scale *
+    a_l[i]^T delta_l[i] (the scale is left to the caller)
     z_first: k @ W_1 when the caller already has it."""
     acts, sigs, h = [], [], k
     last = len(weights) - 1
@@ -55,7 +55,7 @@ def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
             sigs.append((s, h))
         else:
             h = z
-    delta = bias.grad(h - v, bias_param)
+    delta = bias.grad_direction(h - v, bias_param)  # the caller folds bias.grad_scale into theta
     deltas = [delta]
     for l in range(last, 0, -1):
         s, h = sigs[l - 1]
@@ -181,7 +181,10 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     # cut every per-token input into the pieces once (split's backward is one concatenation)
     cut = lambda x, dim: [None] * len(sizes) if x is None else x.split(sizes, dim=dim)  # noqa: E731
     qs, ks, vs, ps = cut(q, 1), cut(k, 1), cut(v, 1), cut(bias_param, 1)
-    coefs = _piece_coefficients(-theta, log_keep, log_eta, q, k, sizes, chunk_size)
+    # the bias's gradient scale rides on theta (an exact power of two for l2 and Huber), and so does the cap
+    scale = bias.grad_scale
+    coefs = _piece_coefficients(theta * -scale, log_keep, log_eta, q, k, sizes, chunk_size)
+    grad_clip = None if grad_clip is None else grad_clip / scale
     outs = []
     for (t, n), qc, kc, vc, pc, coef in zip(pieces, qs, ks, vs, ps, coefs):
         if (pos + t) % chunk_size == 0:
