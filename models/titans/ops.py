@@ -99,7 +99,15 @@ def _coefficients(theta, log_keep, log_eta, q, k):
         C, coef = D * theta.unsqueeze(-2), {}
     coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
     coef["score1"] = C * (q @ k.transpose(-1, -2))  # layer 1 reads with q and writes with k: state-free
-    coef["kq"] = torch.cat([k, q], dim=-2)  # one product k, q @ A_0 when the chunk starts here
+    # Layer 1's inputs k and q are known before the chunk loop, so its per-token factors are applied here, for
+    # all chunks in one product each, instead of to the chunk's outputs inside the loop:
+    # k^T (c_end * delta) = (c_end * k)^T delta, and beta_t (q_t A_0) = (beta_t q_t) A_0 (likewise m_t, S_0).
+    coef["ck_end"] = (coef["c_end"] * k).transpose(-1, -2)
+    coef["bq"] = beta * q
+    if log_eta is not None:
+        coef["mk_end"] = (coef["mo_end"] * k).transpose(-1, -2)
+        coef["mq"] = coef["m"] * q
+    coef["kq"] = torch.cat([k, coef["bq"]], dim=-2)  # one product k, beta q @ A_0 when the chunk starts here
     return coef
 
 
@@ -133,17 +141,23 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_cl
     last = len(A) - 1
     for l in range(len(A)):
         a_t, d = acts[l].transpose(1, 2), deltas[l]
+        # token i's gradient enters the chunk-end A with weight c_end[i] and S with mo_end[i] (layer 1: in k)
+        ca_t, cd = (coef["ck_end"], d) if l == 0 else (a_t, coef["c_end"] * d)
+        kept = coef["beta_end"] * A[l]
         if momentum:
-            carried = torch.addcmul(coef["beta_end"] * A[l], coef["m_end"], S[l])
-            new_A.append(torch.baddbmm(carried, a_t, coef["c_end"] * d))
-            new_S.append(torch.baddbmm(coef["e_end"] * S[l], a_t, coef["mo_end"] * d))
+            ma_t, md = (coef["mk_end"], d) if l == 0 else (a_t, coef["mo_end"] * d)
+            new_A.append(torch.baddbmm(torch.addcmul(kept, coef["m_end"], S[l]), ca_t, cd))
+            new_S.append(torch.baddbmm(coef["e_end"] * S[l], ma_t, md))
         else:
-            new_A.append(torch.baddbmm(coef["beta_end"] * A[l], a_t, coef["c_end"] * d))
-        if retention.linear:  # dual form: no per-token weights
-            rA = qA0 if (shared and l == 0) else torch.bmm(r, A[l])
+            new_A.append(torch.baddbmm(kept, ca_t, cd))
+        if retention.linear and l == 0:  # dual form, layer 1: beta and m ride on q (see _coefficients)
+            bqA = qA0 if shared else torch.bmm(coef["bq"], A[0])
+            base = torch.baddbmm(bqA, coef["mq"], S[0]) if momentum else bqA
+            z = torch.baddbmm(base, coef["score1"], d)
+        elif retention.linear:  # dual form: no per-token weights
+            rA = torch.bmm(r, A[l])
             base = torch.addcmul(beta * rA, coef["m"], torch.bmm(r, S[l])) if momentum else beta * rA
-            score = coef["score1"] if l == 0 else C * torch.bmm(r, a_t)
-            z = torch.baddbmm(base, score, d)
+            z = torch.baddbmm(base, C * torch.bmm(r, a_t), d)
         else:  # materialise the chunk's per-token states, apply phi to each
             A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) + torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
             if momentum:
