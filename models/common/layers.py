@@ -65,8 +65,11 @@ class _ShiftedMultiplyAdd(torch.autograd.Function):
         K, T = w.shape[1], grad.shape[1]
         grad_padded = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_padded = padded.new_zeros(padded.shape)
-            for j in range(K):
+            # the first tap writes rows [0, T) outright: only the last K - 1 rows need zeros first
+            grad_padded = padded.new_empty(padded.shape)
+            torch.mul(grad, w[:, 0], out=grad_padded[:, :T])
+            grad_padded[:, T:].zero_()
+            for j in range(1, K):
                 grad_padded[:, j:j + T].addcmul_(grad, w[:, j])
         if ctx.needs_input_grad[1]:
             # one product buffer for every tap: a fresh full-size product per tap costs more in page faults
