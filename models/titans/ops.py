@@ -39,10 +39,9 @@ def mlp_apply(x, weights):
 
 
 def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
-    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat [N, n,
-    d]
-    tensors): returns the layer inputs a_l and output-gradients delta_l, so that dloss_i/dW_l = bias.grad_scale *
-    a_l[i]^T delta_l[i] (the scale is left to the caller)
+    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat
+    [N, n, d] tensors): returns the layer inputs a_l and output-gradients delta_l, so that
+    dloss_i/dW_l = bias.grad_scale * a_l[i]^T delta_l[i] (the scale is left to the caller).
     z_first: k @ W_1 when the caller already has it."""
     acts, sigs, h = [], [], k
     last = len(weights) - 1
