@@ -8,7 +8,9 @@ from models.common import (CausalDepthwiseConv, SlidingWindowAttention, linear_s
 
 
 @pytest.mark.parametrize("tq,tk,window,n_persistent", [(37, 37, 8, 0), (37, 37, 8, 3), (10, 25, 8, 2),
-                                                        (5, 5, 16, 0), (64, 64, 64, 1), (20, 27, 7, 1)])
+                                                        (5, 5, 16, 0), (64, 64, 64, 1), (20, 27, 7, 1),
+                                                        # the window never binds: the plain causal path
+                                                        (10, 25, 32, 0), (10, 25, 25, 2), (25, 25, 25, 0)])
 def test_sliding_window_matches_full_masked_attention(tq, tk, window, n_persistent):
     g = torch.Generator().manual_seed(tq * 100 + tk)
     q, k, v = (torch.randn(2, 3, t, 8, generator=g, dtype=torch.float64, requires_grad=True)

@@ -2,7 +2,8 @@
 
 Query at position t attends the keys at positions t-w+1 .. t and every persistent key. The fast path splits the
 sequence into blocks of w queries; block i attends to the keys of blocks i-1 and i only, so the score tensor is
-[B, H, T/w, w, 2w + P] -- linear in T -- instead of a masked T x T matrix. `sliding_window_attention_naive` builds
+[B, H, T/w, w, 2w + P] -- linear in T -- instead of a masked T x T matrix. When the window does not bind in a
+call (w >= the keys it sees) this is plain causal attention, which sdpa runs without the block structure. `sliding_window_attention_naive` builds
 the full masked matrix and is the reference the tests compare against.
 
 Streaming: `SlidingWindowAttention` carries the last w-1 rotated keys and values and the position counter, so a
@@ -29,9 +30,11 @@ def sliding_window_attention(q, k, v, window: int, persistent_k=None, persistent
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     past = Tk - Tq
+    if window >= Tk:  # the window never binds in this call: plain causal attention, no block structure
+        return _causal_attention(q, k, v, persistent_k, persistent_v)
     if past:
         q = F.pad(q, (0, 0, past, 0))  # align queries with key positions; the padding rows are dropped below
-    block = window if window < Tk else Tk  # one block when the window never binds
+    block = window
     n = -(-Tk // block)
     pad = n * block - Tk
     if pad:
@@ -57,6 +60,21 @@ def sliding_window_attention(q, k, v, window: int, persistent_k=None, persistent
         qb.reshape(B, H * n, block, D), keys.reshape(B, H * n, -1, D), values.reshape(B, H * n, -1, D),
         attn_mask=mask.repeat(H, 1, 1).unsqueeze(0))
     return out.view(B, H, n * block, D)[:, :, past:Tk]
+
+
+def _causal_attention(q, k, v, persistent_k=None, persistent_v=None):
+    """Causal attention of q [B, H, Tq, D] over k, v [B, H, Tk, D] (query i at key position Tk - Tq + i) and the
+    persistent keys: the blocked path's single-block case without its empty previous block (half the scores)."""
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    if persistent_k is None and Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mask = torch.arange(Tk, device=q.device).view(1, Tk) <= torch.arange(Tk - Tq, Tk, device=q.device).view(Tq, 1)
+    if persistent_k is not None:
+        k = torch.cat([_expand_persistent(persistent_k, B, H, D), k], dim=2)
+        v = torch.cat([_expand_persistent(persistent_v, B, H, D), v], dim=2)
+        mask = torch.cat([mask.new_ones(Tq, persistent_k.shape[-2]), mask], dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def sliding_window_attention_naive(q, k, v, window: int, persistent_k=None, persistent_v=None):
