@@ -8,8 +8,8 @@ Pair 1 runs at every chunk size of --chunks (default 16, 32, 64; the tiny preset
 give "chunk size" different work: here every token's write updates the memory state (per-token momentum and
 decay, each token read after its own write; the chunk only fixes the weights the gradients are taken at), while
 titans-pytorch sums a chunk's gradients into one update (momentum and decay scanned over chunks) and reads
-with one set of weights per chunk. Our cost per token is about constant in the chunk size; theirs falls as the chunk grows, so the ratio
-is reported per chunk size, not as one number.
+with one set of weights per chunk. Our cost per token is about constant in the chunk size; theirs falls as the
+chunk grows, so the ratio is reported per chunk size, not as one number.
 
 The two sides of each pair are timed in alternating rounds (the machine may be shared) and the medians are
 printed. titans-pytorch is an optional `bench` extra: install it in a separate environment and run this script

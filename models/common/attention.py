@@ -3,8 +3,8 @@
 Query at position t attends the keys at positions t-w+1 .. t and every persistent key. The fast path splits the
 sequence into blocks of w queries; block i attends to the keys of blocks i-1 and i only, so the score tensor is
 [B, H, T/w, w, 2w + P] -- linear in T -- instead of a masked T x T matrix. When the window does not bind in a
-call (w >= the keys it sees) this is plain causal attention, which sdpa runs without the block structure. `sliding_window_attention_naive` builds
-the full masked matrix and is the reference the tests compare against.
+call (w >= the keys it sees) this is plain causal attention, which sdpa runs without the block structure.
+`sliding_window_attention_naive` builds the full masked matrix and is the reference the tests compare against.
 
 Streaming: `SlidingWindowAttention` carries the last w-1 rotated keys and values and the position counter, so a
 sequence scored in segments gives the same output as one call.
