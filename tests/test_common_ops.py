@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from models.common import (CausalDepthwiseConv, SlidingWindowAttention, linear_scan, linear_scan_naive,
-                           sliding_window_attention, sliding_window_attention_naive)
+from models.common import (CausalDepthwiseConv, RMSNorm, RotaryEmbedding, SlidingWindowAttention, apply_rotary,
+                           linear_scan, linear_scan_naive, sliding_window_attention, sliding_window_attention_naive)
 
 
 @pytest.mark.parametrize("tq,tk,window,n_persistent", [(37, 37, 8, 0), (37, 37, 8, 3), (10, 25, 8, 2),
@@ -80,3 +80,45 @@ def test_conv_and_attention_stream_exactly():
         parts.append(out)
     torch.testing.assert_close(torch.cat(parts, 1), y, rtol=0, atol=1e-12)
     assert state["k"].shape[2] == 4  # bounded: window - 1 keys
+
+
+@pytest.mark.parametrize("shape,affine", [((3, 5, 16), True), ((2, 3, 7, 8), True), ((4, 16), False)])
+def test_rmsnorm_backward_matches_pytorch(shape, affine):
+    """The hand-written CPU backward against nn.RMSNorm's autograd (float64, 1e-12); float32 outputs are
+    bitwise nn.RMSNorm's."""
+    torch.manual_seed(0)
+    ours = RMSNorm(shape[-1], elementwise_affine=affine).double()
+    if affine:
+        torch.nn.init.normal_(ours.weight)
+    ref = torch.nn.RMSNorm(shape[-1], elementwise_affine=affine).double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    y, y_ref = ours(x), ref(x)
+    grads = torch.autograd.grad(y, [x, *ours.parameters()], g)
+    grads_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], g)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(ours, (x,))
+    x32 = x.detach().float()
+    assert torch.equal(ours.float()(x32), ref.float()(x32))
+
+
+def test_rotary_matches_pairwise_rotation():
+    """apply_rotary against the rotation of each pair (x_i, x_{i+d/2}) written out per pair: bitwise in float32,
+    and the gradient is the inverse rotation (float64, 1e-12)."""
+    torch.manual_seed(0)
+    d = 8
+    cos, sin = RotaryEmbedding(d)(torch.arange(6))
+    x = torch.randn(2, 3, 6, d)
+    expected = torch.empty_like(x)
+    for i in range(d // 2):
+        a, b = x[..., i], x[..., i + d // 2]
+        expected[..., i] = a * cos[:, i] - b * sin[:, i]
+        expected[..., i + d // 2] = a * sin[:, i] + b * cos[:, i]
+    assert torch.equal(apply_rotary(x, cos, sin), expected)
+    x64 = x.double().requires_grad_()
+    g = torch.randn_like(x64)
+    (grad,) = torch.autograd.grad(apply_rotary(x64, cos.double(), sin.double()), x64, g)
+    torch.testing.assert_close(grad, apply_rotary(g, cos.double(), -sin.double()), rtol=0, atol=1e-12)

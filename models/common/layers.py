@@ -6,7 +6,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RMSNorm = nn.RMSNorm  # PyTorch's own; one name for every model to import
+class _RMSNormFunction(torch.autograd.Function):
+    """y = x * rstd * w with rstd = rsqrt(mean(x^2) + eps) over the last dim, with a hand-written backward:
+        gx = rstd * (g w - x_hat * mean(g w x_hat)),  gw = sum over rows of g x_hat   (x_hat = x * rstd)
+    On the CPU, nn.RMSNorm's composite backward makes about twice as many full-size passes."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        # the same ops in the same order as nn.RMSNorm's CPU forward, so the outputs are bitwise equal
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        x_hat = x * rstd
+        ctx.save_for_backward(x_hat, rstd, weight)
+        return x_hat * weight if weight is not None else x_hat
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, rstd, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        g_w = grad * weight if weight is not None else grad
+        if ctx.needs_input_grad[0]:
+            dot = (g_w * x_hat).mean(-1, keepdim=True)
+            grad_x = torch.addcmul(g_w, x_hat, dot, value=-1.0).mul_(rstd)
+        if weight is not None and ctx.needs_input_grad[1]:
+            grad_w = (grad * x_hat).flatten(0, -2).sum(0)
+        return grad_x, grad_w, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameters and state dict) with a faster backward on the CPU for the usual
+    normalisation over the last dimension; other devices and shapes use PyTorch's own kernels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda or len(self.normalized_shape) != 1 or not torch.is_grad_enabled():
+            return super().forward(x)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _RMSNormFunction.apply(x, self.weight, eps)
 
 
 class SwiGLU(nn.Module):
@@ -38,9 +72,12 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x [..., T, d] by the angles of positions (cos, sin [T, d/2])."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x [..., T, d] by the angles of positions (cos, sin [T, d/2]):
+    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), computed as x [cos, cos] + [x2, x1] [-sin, sin], which gives
+    the same bits with fewer full-size passes forward and backward."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # half precisions rotate in float32
+    x1, x2 = xf.chunk(2, dim=-1)
+    out = xf * torch.cat([cos, cos], dim=-1) + torch.cat([x2, x1], dim=-1) * torch.cat([-sin, sin], dim=-1)
     return out.type_as(x)
 
 

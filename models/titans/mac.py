@@ -19,12 +19,26 @@ a segment gives the same result as one call.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.common import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary
 from models.titans.memory import NeuralMemory
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_mask(offset: int, n: int, n_persistent: int, device: torch.device) -> torch.Tensor:
+    """Additive attention mask [n, P + 2 L] (L = offset + n) of queries at segment positions offset..L-1 over
+    [persistent | memory tokens h | segment tokens x]: every persistent token, h_j and x_j for j <= i.
+    Cached, so made outside inference mode: a cached inference tensor could not be saved for a later backward."""
+    with torch.inference_mode(False):
+        seen = torch.arange(offset + n, device=device).view(1, -1) <= torch.arange(offset, offset + n,
+                                                                                   device=device).view(-1, 1)
+        keep = torch.cat([seen.new_ones(n, n_persistent), seen, seen], dim=1)
+        return torch.zeros(keep.shape, device=device).masked_fill_(~keep, float("-inf"))
 
 
 class MACBlock(nn.Module):
@@ -47,33 +61,32 @@ class MACBlock(nn.Module):
         B, T, _ = t.shape
         return t.view(B, T, self.H, self.D).transpose(1, 2)
 
-    def _piece(self, x, q, k, v, rq, persistent, st):
-        """n <= segment new tokens that all fall in one segment (x and its precomputed, rotated q, k, v and
-        retrieval queries rq); st is updated in place. Returns the attention output y and the memory read
-        m."""
+    def _piece(self, x, q, k, v, rq, cos, sin, persistent, w_kv_mem, st):
+        """n <= segment new tokens that all fall in one segment (x and its precomputed, rotated q, k, v,
+        retrieval queries rq and rotary angles); st is updated in place. Returns the attention output y and
+        the memory read m."""
         B, n, dim = x.shape
         offset = st["pos"] % self.segment
         if offset == 0:  # a new segment: retrieval reads the memory as it is now (after the previous segment)
             st["retrieval"], st["k"], st["v"] = st["memory"], None, None
-        h = self.memory.read(rq, st["retrieval"])  # [B, n, dim] memory tokens (eq. 21-22)
-        w_kv = self.qkv.weight[dim:]
-        hk, hv = F.linear(h, w_kv).chunk(2, dim=-1)
-        cos, sin = self.rotary(torch.arange(offset, offset + n, device=x.device))
+        # the memory tokens h = W_out n(M(q)) enter attention only through W_kv h = (W_kv W_out) n(M(q)):
+        # one product with the pre-multiplied weight instead of two (eq. 21-22)
+        hk, hv = self.memory.read(rq, st["retrieval"], out_weight=w_kv_mem).chunk(2, dim=-1)
         hk, hv = apply_rotary(self._split(hk), cos, sin), self._split(hv)
         # keys of the segment so far: memory tokens then segment tokens, each [B, H, offset + n, D]
         if st["k"] is not None:
             hk, k = torch.cat([st["k"][0], hk], 2), torch.cat([st["k"][1], k], 2)
             hv, v = torch.cat([st["v"][0], hv], 2), torch.cat([st["v"][1], v], 2)
-        st["k"], st["v"] = (hk.detach(), k.detach()), (hv.detach(), v.detach())
-        keys, values = torch.cat([hk, k], 2), torch.cat([hv, v], 2)
-        L = offset + n
-        qpos = torch.arange(offset, L, device=x.device).view(n, 1)
-        seen = torch.arange(L, device=x.device).view(1, L) <= qpos  # [n, L]
-        mask = torch.cat([seen, seen], dim=1)
+        if offset + n < self.segment:  # the segment goes on in the next call: keep its keys and values
+            st["k"], st["v"] = (hk.detach(), k.detach()), (hv.detach(), v.detach())
+        else:
+            st["k"], st["v"] = None, None
+        keys, values = [hk, k], [hv, v]
         if persistent is not None:
-            pk, pv = persistent
-            keys, values = torch.cat([pk, keys], 2), torch.cat([pv, values], 2)
-            mask = torch.cat([mask.new_ones(n, pk.shape[2]), mask], dim=1)
+            keys.insert(0, persistent[0])
+            values.insert(0, persistent[1])
+        keys, values = torch.cat(keys, 2), torch.cat(values, 2)
+        mask = _segment_mask(offset, n, 0 if persistent is None else persistent[0].shape[2], x.device)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = self.attn_out(y.transpose(1, 2).reshape(B, n, dim))  # eq. 23
         m, st["memory"] = self.memory(self.norm_mem(x + y), st["memory"])  # eq. 24-25: write y, read M_t(y_t)
@@ -90,20 +103,27 @@ class MACBlock(nn.Module):
         cos, sin = self.rotary((st["pos"] + torch.arange(T, device=x.device)) % self.segment)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         rq = self.retrieve_q(h_in).view(B, T, self.H, -1).transpose(1, 2)
+        w_kv = self.qkv.weight[dim:]
         persistent = None
         if self.persistent is not None:
-            _, pk, pv = self.qkv(self.persistent).chunk(3, dim=-1)
+            pk, pv = F.linear(self.persistent, w_kv).chunk(2, dim=-1)
             P = pk.shape[0]
             persistent = tuple(t.view(P, self.H, self.D).transpose(0, 1).unsqueeze(0).expand(B, -1, -1, -1)
                                for t in (pk, pv))
-        ys, ms, t = [], [], 0
+        w_kv_mem = w_kv @ self.memory.out.weight  # [2 dim, H d]: see _piece
+        # cut the call at segment boundaries; split, not slicing (a slice's backward zero-fills a full-size
+        # gradient per piece)
+        sizes, t = [], 0
         while t < T:
-            n = min(self.segment - st["pos"] % self.segment, T - t)
-            sl = slice(t, t + n)
-            y, m = self._piece(x[:, sl], q[:, :, sl], k[:, :, sl], v[:, :, sl], rq[:, :, sl], persistent, st)
+            sizes.append(min(self.segment - (st["pos"] + t) % self.segment, T - t))
+            t += sizes[-1]
+        pieces = zip(x.split(sizes, 1), q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2),
+                     rq.split(sizes, 2), cos.split(sizes), sin.split(sizes))
+        ys, ms = [], []
+        for xp, qp, kp, vp, rqp, cp, sp in pieces:
+            y, m = self._piece(xp, qp, kp, vp, rqp, cp, sp, persistent, w_kv_mem, st)
             ys.append(y)
             ms.append(m)
-            t += n
         y, m = torch.cat(ys, 1), torch.cat(ms, 1)
         x = x + self.gate_norm_y(y) * torch.sigmoid(self.gate_norm_m(m))  # eq. 25
         return x + self.ff(self.norm_ff(x)), st

@@ -97,9 +97,10 @@ class NeuralMemory(nn.Module):
         bias_param = F.softplus(parts.pop(0)).unsqueeze(-1) if self.bias.needs_param else None
         return q, k, v, theta, log_keep, log_eta, bias_param, conv_state
 
-    def _output(self, y):  # [B, H, T, d] -> [B, T, dim]
+    def _output(self, y, out_weight=None):  # [B, H, T, d] -> [B, T, dim] (or out_weight's rows)
         B, H, T, d = y.shape
-        return self.out(self.out_norm(y).transpose(1, 2).reshape(B, T, H * d))
+        y = self.out_norm(y).transpose(1, 2).reshape(B, T, H * d)
+        return self.out(y) if out_weight is None else F.linear(y, out_weight)
 
     # -- forward -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: dict | None = None, reference: bool = False):
@@ -113,11 +114,11 @@ class NeuralMemory(nn.Module):
         mem["conv"] = conv_state
         return self._output(y), mem
 
-    def read(self, queries: torch.Tensor, state: dict | None) -> torch.Tensor:
+    def read(self, queries: torch.Tensor, state: dict | None, out_weight: torch.Tensor | None = None):
         """M(q) with the weights of `state` and no write (Titans eq. 15 / MAC eq. 21): queries [B, H, T, d]
-        are
-        already projected; returns [B, T, dim]."""
+        are already projected; returns [B, T, dim]. out_weight replaces the output projection's weight (MAC
+        passes W_kv W_out to get the memory tokens' keys and values in one product)."""
         if state is None:
             state = self.initial_state(queries.shape[0])
         weights = [self.retention.phi(a) for a in state["A"]]
-        return self._output(mlp_apply(F.normalize(queries, dim=-1), weights))
+        return self._output(mlp_apply(F.normalize(queries, dim=-1), weights), out_weight)

@@ -64,11 +64,12 @@ def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
     return acts, deltas
 
 
-def _decay_matrix(logs, tri):
-    """exp(cum[t] - cum[s]) for s <= t else 0: products of exp(logs) over (s, t]; [..., n] -> [..., n, n]."""
+def _decay_matrix(logs, upper):
+    """exp(cum[t] - cum[s]) for s <= t else 0: products of exp(logs) over (s, t]; [..., n] -> [..., n, n].
+    upper: [n, n], 0 on and below the diagonal, -inf above. Adding it (in place: the subtraction's backward
+    does not need its output) masks with no masking op in backward: exp's gradient is 0 where exp is 0."""
     cum = logs.cumsum(-1)
-    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
-    return torch.where(tri, diff, torch.full_like(diff, float("-inf"))).exp(), cum
+    return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).add_(upper).exp(), cum
 
 
 def _coefficients(theta, log_keep, log_eta, q, k):
@@ -82,13 +83,13 @@ def _coefficients(theta, log_keep, log_eta, q, k):
     momentum);
     score1 = C * (q k^T), the layer-1 read scores, and kq = [k; q] stacked along time."""
     n = theta.shape[-1]
-    tri = torch.ones(n, n, dtype=torch.bool, device=theta.device).tril()
+    upper = torch.full((n, n), float("-inf"), dtype=theta.dtype, device=theta.device).triu(1)
     if log_keep is None:
         log_keep = torch.zeros_like(theta)
-    D, cum_keep = _decay_matrix(log_keep, tri)
+    D, cum_keep = _decay_matrix(log_keep, upper)
     beta = cum_keep.exp().unsqueeze(-1)
     if log_eta is not None:
-        Mo, cum_eta = _decay_matrix(log_eta, tri)
+        Mo, cum_eta = _decay_matrix(log_eta, upper)
         Mo = Mo * theta.unsqueeze(-2)
         C = D @ Mo
         m = D @ cum_eta.exp().unsqueeze(-1)
