@@ -28,7 +28,7 @@ class _RMSNormFunction(torch.autograd.Function):
             dot = (g_w * x_hat).mean(-1, keepdim=True)
             grad_x = torch.addcmul(g_w, x_hat, dot, value=-1.0).mul_(rstd)
         if weight is not None and ctx.needs_input_grad[1]:
-            grad_w = (grad * x_hat).flatten(0, -2).sum(0)
+            grad_w = (grad * x_hat).sum(tuple(range(grad.dim() - 1)))  # no flatten: grad may be strided
         return grad_x, grad_w, None
 
 
@@ -82,38 +82,38 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class _ShiftedMultiplyAdd(torch.autograd.Function):
-    """y[:, t] = bias + sum_j w[:, j] * padded[:, t + j] (padded [B, T+K-1, C], w [C, K]) with a hand-written
-    backward: autograd of the slices would zero-fill and copy a full-size gradient per tap, and addcmul's
-    backward makes an extra scaled copy of its input; here each tap is one in-place multiply-add."""
+    """y[:, t] = bias + sum_j w[j] * padded[:, t + j] (padded [B, T+K-1, C], w [K, C] contiguous) with a
+    hand-written backward: autograd of the slices would zero-fill and copy a full-size gradient per tap, and
+    addcmul's backward makes an extra scaled copy of its input; here each tap is one in-place multiply-add."""
 
     @staticmethod
     def forward(ctx, padded, w, bias):
-        K = w.shape[1]
+        K = w.shape[0]
         T = padded.shape[1] - K + 1
-        y = torch.addcmul(bias, padded[:, :T], w[:, 0])
+        y = torch.addcmul(bias, padded[:, :T], w[0])
         for j in range(1, K):
-            y.addcmul_(padded[:, j:j + T], w[:, j])
+            y.addcmul_(padded[:, j:j + T], w[j])
         ctx.save_for_backward(padded, w)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         padded, w = ctx.saved_tensors
-        K, T = w.shape[1], grad.shape[1]
+        K, T = w.shape[0], grad.shape[1]
         grad_padded = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
             # the first tap writes rows [0, T) outright: only the last K - 1 rows need zeros first
             grad_padded = padded.new_empty(padded.shape)
-            torch.mul(grad, w[:, 0], out=grad_padded[:, :T])
+            torch.mul(grad, w[0], out=grad_padded[:, :T])
             grad_padded[:, T:].zero_()
             for j in range(1, K):
-                grad_padded[:, j:j + T].addcmul_(grad, w[:, j])
+                grad_padded[:, j:j + T].addcmul_(grad, w[j])
         if ctx.needs_input_grad[1]:
             # one product buffer for every tap: a fresh full-size product per tap costs more in page faults
             # than in arithmetic on the CPU
             product = torch.empty_like(grad)
             grad_w = torch.stack([torch.mul(grad, padded[:, j:j + T], out=product).sum((0, 1))
-                                  for j in range(K)], 1)
+                                  for j in range(K)])
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 1))
         return grad_padded, grad_w, grad_bias
@@ -137,5 +137,8 @@ class CausalDepthwiseConv(nn.Module):
         padded = torch.cat([state, x], dim=1)
         # y_t = bias + sum_j w_j * padded_{t+j}: the cross-correlation of self.conv written as kernel_size shifted
         # multiply-adds, faster on the CPU than the depthwise conv kernel (mostly in backward).
-        y = _ShiftedMultiplyAdd.apply(padded, self.conv.weight[:, 0, :], self.conv.bias)
+        # taps as contiguous [K, C] rows: a strided per-channel factor (the weight's [C, K] columns) takes the
+        # elementwise kernels off their vectorised path, several times slower on the CPU
+        w = self.conv.weight[:, 0, :].t().contiguous()
+        y = _ShiftedMultiplyAdd.apply(padded, w, self.conv.bias)
         return y, padded[:, padded.shape[1] - k:] if k else padded[:, :0]

@@ -64,12 +64,12 @@ def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
     return acts, deltas
 
 
-def _decay_matrix(logs, upper):
+def _decay_matrix(logs, lower):
     """exp(cum[t] - cum[s]) for s <= t else 0: products of exp(logs) over (s, t]; [..., n] -> [..., n, n].
-    upper: [n, n], 0 on and below the diagonal, -inf above. Adding it (in place: the subtraction's backward
-    does not need its output) masks with no masking op in backward: exp's gradient is 0 where exp is 0."""
+    lower: [n, n], 1 on and below the diagonal, 0 above. Entries above are zeroed before exp (cum[t] - cum[s] >= 0
+    there and could overflow) and after it; exp of 0 is several times faster on the CPU than exp of -inf."""
     cum = logs.cumsum(-1)
-    return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).add_(upper).exp(), cum
+    return ((cum.unsqueeze(-1) - cum.unsqueeze(-2)) * lower).exp_() * lower, cum
 
 
 def _coefficients(theta, log_keep, log_eta, q, k):
@@ -83,13 +83,13 @@ def _coefficients(theta, log_keep, log_eta, q, k):
     momentum);
     score1 = C * (q k^T), the layer-1 read scores, and kq = [k; q] stacked along time."""
     n = theta.shape[-1]
-    upper = torch.full((n, n), float("-inf"), dtype=theta.dtype, device=theta.device).triu(1)
+    lower = torch.ones(n, n, dtype=theta.dtype, device=theta.device).tril()
     if log_keep is None:
         log_keep = torch.zeros_like(theta)
-    D, cum_keep = _decay_matrix(log_keep, upper)
+    D, cum_keep = _decay_matrix(log_keep, lower)
     beta = cum_keep.exp().unsqueeze(-1)
     if log_eta is not None:
-        Mo, cum_eta = _decay_matrix(log_eta, upper)
+        Mo, cum_eta = _decay_matrix(log_eta, lower)
         Mo = Mo * theta.unsqueeze(-2)
         C = D @ Mo
         m = D @ cum_eta.exp().unsqueeze(-1)
