@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class _RMSNormFunction(torch.autograd.Function):
     """y = x * rstd * w with rstd = rsqrt(mean(x^2) + eps) over the last dim, with a hand-written backward:
         gx = rstd * (g w - x_hat * mean(g w x_hat)),  gw = sum over rows of g x_hat   (x_hat = x * rstd)
@@ -33,11 +34,12 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm (same parameters and state dict) with a faster backward on the CPU for the usual
-    normalisation over the last dimension; other devices and shapes use PyTorch's own kernels."""
+    """nn.RMSNorm (same parameters and state dict) with a faster backward on the CPU for the usual float32 /
+    float64 normalisation over the last dimension; other devices, dtypes and shapes use PyTorch's own kernels."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda or len(self.normalized_shape) != 1 or not torch.is_grad_enabled():
+        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+                or len(self.normalized_shape) != 1 or not torch.is_grad_enabled()):
             return super().forward(x)
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         return _RMSNormFunction.apply(x, self.weight, eps)
