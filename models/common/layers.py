@@ -83,42 +83,66 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.type_as(x)
 
 
-class _ShiftedMultiplyAdd(torch.autograd.Function):
-    """y[:, t] = bias + sum_j w[j] * padded[:, t + j] (padded [B, T+K-1, C], w [K, C] contiguous) with a
-    hand-written backward: autograd of the slices would zero-fill and copy a full-size gradient per tap, and
-    addcmul's backward makes an extra scaled copy of its input; here each tap is one in-place multiply-add."""
+class _CausalTaps(torch.autograd.Function):
+    """y[:, t] = bias + sum_j w[j] * p[:, t + j], p = [state; x] the input after its K - 1 remembered steps
+    (x [B, T, C], state [B, K-1, C], w [K, C] contiguous), computed tap by tap from x and state directly: no
+    concatenated copy forward and x's gradient contiguous backward. The backward is hand-written: autograd of
+    the slices would zero-fill and copy a full-size gradient per tap, and addcmul's backward makes an extra
+    scaled copy of its input; here each tap is one in-place multiply-add. Every sum runs in the same order as
+    over the concatenation, so the results are bitwise those of the convolution written over p."""
 
     @staticmethod
-    def forward(ctx, padded, w, bias):
-        K = w.shape[0]
-        T = padded.shape[1] - K + 1
-        y = torch.addcmul(bias, padded[:, :T], w[0])
-        for j in range(1, K):
-            y.addcmul_(padded[:, j:j + T], w[j])
-        ctx.save_for_backward(padded, w)
+    def forward(ctx, x, state, w, bias):
+        K, T = w.shape[0], x.shape[1]
+        y = x.new_empty(x.shape)
+        for j in range(K):
+            lo = min(K - 1 - j, T)  # tap j looks K-1-j steps back: rows [0, lo) read the state, the rest x
+            if j == 0:
+                torch.addcmul(bias, x[:, :T - lo], w[0], out=y[:, lo:])
+                torch.addcmul(bias, state[:, :lo], w[0], out=y[:, :lo])
+            else:
+                y[:, lo:].addcmul_(x[:, :T - lo], w[j])
+                y[:, :lo].addcmul_(state[:, j:j + lo], w[j])
+        ctx.save_for_backward(x, state, w)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        padded, w = ctx.saved_tensors
-        K, T = w.shape[0], grad.shape[1]
-        grad_padded = grad_w = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            # the first tap writes rows [0, T) outright: only the last K - 1 rows need zeros first
-            grad_padded = padded.new_empty(padded.shape)
-            torch.mul(grad, w[0], out=grad_padded[:, :T])
-            grad_padded[:, T:].zero_()
+        x, state, w = ctx.saved_tensors
+        K, T, k = w.shape[0], grad.shape[1], w.shape[0] - 1
+        need_x, need_state, need_w, need_bias = ctx.needs_input_grad
+        grad_x = grad_state = grad_w = grad_bias = None
+        if need_x:  # x[t] meets grad[t + s] through the tap that looks s = K-1-j back, taps in order j = 0..
+            grad_x = x.new_empty(x.shape)
+            head = max(T - k, 0)
+            torch.mul(grad[:, k:], w[0], out=grad_x[:, :head])
+            grad_x[:, head:].zero_()
             for j in range(1, K):
-                grad_padded[:, j:j + T].addcmul_(grad, w[j])
-        if ctx.needs_input_grad[1]:
+                s = k - j
+                if s < T:
+                    grad_x[:, :T - s].addcmul_(grad[:, s:], w[j])
+        if need_state:  # state row r meets grad[r - j] through tap j
+            grad_state = state.new_empty(state.shape)
+            lo = min(k, T)
+            torch.mul(grad[:, :lo], w[0], out=grad_state[:, :lo])
+            grad_state[:, lo:].zero_()
+            for j in range(1, K):
+                n = min(k - j, T)
+                grad_state[:, j:j + n].addcmul_(grad[:, :n], w[j])
+        if need_w:
             # one product buffer for every tap: a fresh full-size product per tap costs more in page faults
             # than in arithmetic on the CPU
             product = torch.empty_like(grad)
-            grad_w = torch.stack([torch.mul(grad, padded[:, j:j + T], out=product).sum((0, 1))
-                                  for j in range(K)])
-        if ctx.needs_input_grad[2]:
+            rows = []
+            for j in range(K):
+                lo = min(k - j, T)
+                torch.mul(grad[:, :lo], state[:, j:j + lo], out=product[:, :lo])
+                torch.mul(grad[:, lo:], x[:, :T - lo], out=product[:, lo:])
+                rows.append(product.sum((0, 1)))
+            grad_w = torch.stack(rows)
+        if need_bias:
             grad_bias = grad.sum((0, 1))
-        return grad_padded, grad_w, grad_bias
+        return grad_x, grad_state, grad_w, grad_bias
 
 
 class CausalDepthwiseConv(nn.Module):
@@ -133,14 +157,13 @@ class CausalDepthwiseConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=True)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
-        k = self.kernel_size - 1
+        k, T = self.kernel_size - 1, x.shape[1]
         if state is None:
             state = x.new_zeros(x.shape[0], k, x.shape[2])
-        padded = torch.cat([state, x], dim=1)
-        # y_t = bias + sum_j w_j * padded_{t+j}: the cross-correlation of self.conv written as kernel_size shifted
-        # multiply-adds, faster on the CPU than the depthwise conv kernel (mostly in backward).
+        # y_t = bias + sum_j w_j * [state; x]_{t+j}: the cross-correlation of self.conv written as kernel_size
+        # shifted multiply-adds, faster on the CPU than the depthwise conv kernel (mostly in backward).
         # taps as contiguous [K, C] rows: a strided per-channel factor (the weight's [C, K] columns) takes the
         # elementwise kernels off their vectorised path, several times slower on the CPU
         w = self.conv.weight[:, 0, :].t().contiguous()
-        y = _ShiftedMultiplyAdd.apply(padded, w, self.conv.bias)
-        return y, padded[:, padded.shape[1] - k:] if k else padded[:, :0]
+        y = _CausalTaps.apply(x, state, w, self.conv.bias)
+        return y, x[:, T - k:] if T >= k else torch.cat([state[:, T:], x], dim=1)
