@@ -77,7 +77,10 @@ def alternate(a: Side, b: Side, rounds: int, steps: int, warmup: int = 2):
 
 def report(med, raw, cpu, a, b, target):
     """Wall-clock medians (the headline), plus the median of the per-round ratios (each round times both sides
-    back to back) and the ratio of CPU-time medians, which the load of other users disturbs less."""
+    back to back), the ratio of CPU-time medians and the ratio of each side's fastest round. On a shared machine
+    the other users' load can slow the two sides unequally (on the 2-core development machine it slowed ours
+    about twice as much as titans-pytorch's), so the fastest rounds tell what a quiet machine gives and the
+    medians what this one gave."""
     for k, v in med.items():
         print(f"  {k:20s} median {v:10.0f} tokens/s   rounds: {', '.join(f'{x:.0f}' for x in raw[k])}")
     paired = [x / y for x, y in zip(raw[a], raw[b])]
@@ -85,7 +88,8 @@ def report(med, raw, cpu, a, b, target):
     print(f"  ratio {a} / {b} = {med[a] / med[b]:.2f}  (target >= {target}); per-round ratios: median "
           f"{statistics.median(paired):.2f}, range {min(paired):.2f}-{max(paired):.2f}; "
           f"CPU-time medians: {statistics.median(cpu[a]):.0f} vs {statistics.median(cpu[b]):.0f} tokens/s, "
-          f"ratio {cpu_ratio:.2f}")
+          f"ratio {cpu_ratio:.2f}; fastest rounds: {max(raw[a]):.0f} vs {max(raw[b]):.0f} tokens/s, "
+          f"ratio {max(raw[a]) / max(raw[b]):.2f}")
 
 
 def memory_pair(args, chunk):
