@@ -214,32 +214,33 @@ def _cut(pieces, chunk_size, q, k, v, theta, log_keep, log_eta, bias_param):
     """Per piece: (q, k, v, bias_param, coefficients), batch-flat [B*H, n, ...]. The run of whole chunks is
     laid out chunk-major ([chunks, B*H, n, ...]: one copy, which flattening B and H needs anyway), so that each
     chunk's inputs and coefficients are contiguous blocks (several percent faster on the CPU than strided
-    slices of [B*H, T, ...]), and its coefficients are computed in one batch over chunks."""
-    per_token = (q, k, v, bias_param)
-    gates = (theta, log_keep, log_eta)
-    out = [None] * len(pieces)
+    slices of [B*H, T, ...]), and its coefficients are computed in one batch over chunks. Every input is cut
+    along time with one split (its backward is one concatenation; a slice's zero-fills a full-size gradient)."""
     full = [i for i, (_, n) in enumerate(pieces) if n == chunk_size]
-    if len(full) > 1 and full == list(range(full[0], full[-1] + 1)):
-        lo, nc = pieces[full[0]][0], len(full)
-        hi = lo + nc * chunk_size
-
-        def chunk_major(x):  # [B, H, T, ...] -> [nc, B*H, chunk, ...], contiguous
-            if x is None:
-                return None
-            x = x[:, :, lo:hi].unflatten(2, (nc, chunk_size)).movedim(2, 0)
-            return x.reshape(nc, -1, *x.shape[3:])
-
-        qm, km, vm, pm = map(chunk_major, per_token)
-        coef = _coefficients(*map(chunk_major, gates), qm, km)
-        per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
-        cols = [x.unbind(0) if x is not None else [None] * nc for x in (qm, km, vm, pm)]
-        for j, i in enumerate(full):
-            out[i] = (*(c[j] for c in cols), {key: val[j] for key, val in per_chunk.items()})
-    for i, (t, n) in enumerate(pieces):
-        if out[i] is None:
-            qc, kc, vc, pc, th, lk, le = (None if x is None else x[:, :, t:t + n].flatten(0, 1)
-                                          for x in per_token + gates)
-            out[i] = (qc, kc, vc, pc, _coefficients(th, lk, le, qc, kc))
+    run = full if len(full) > 1 and full == list(range(full[0], full[-1] + 1)) else []
+    # spans of time to cut: the run of whole chunks as one span, every other piece as its own
+    spans = [[i] for i in range(len(pieces)) if i not in run]
+    if run:
+        spans.insert(sum(1 for span in spans if span[0] < run[0]), run)
+    lengths = [sum(pieces[i][1] for i in span) for span in spans]
+    cut = [[None] * len(spans) if x is None else x.split(lengths, dim=2)
+           for x in (q, k, v, bias_param, theta, log_keep, log_eta)]
+    out = [None] * len(pieces)
+    for s, span in enumerate(spans):
+        parts = [c[s] for c in cut]
+        if span is run:  # [B, H, nc * chunk, ...] -> [nc, B*H, chunk, ...], contiguous
+            nc = len(run)
+            parts = [None if x is None else x.unflatten(2, (nc, chunk_size)).movedim(2, 0).reshape(
+                nc, -1, chunk_size, *x.shape[3:]) for x in parts]
+            qm, km, vm, pm, th, lk, le = parts
+            coef = _coefficients(th, lk, le, qm, km)
+            per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
+            cols = [x.unbind(0) if x is not None else [None] * nc for x in (qm, km, vm, pm)]
+            for j, i in enumerate(run):
+                out[i] = (*(c[j] for c in cols), {key: val[j] for key, val in per_chunk.items()})
+        else:
+            qc, kc, vc, pc, th, lk, le = (None if x is None else x.flatten(0, 1) for x in parts)
+            out[span[0]] = (qc, kc, vc, pc, _coefficients(th, lk, le, qc, kc))
     return out
 
 
