@@ -21,12 +21,20 @@ log-sums, so nothing under- or overflows. Reads then need no per-token weights (
     r A_t = beta_t (r A_0) + m_t (r S_0) - ((C * (r a^T)) @ delta)_t
 layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q and KL
 retention) the chunk's per-token states A_t [n, d_in, d_out] are materialised instead and phi applied to each.
+
+`_chunk_parallel` is one chunk of this under autograd. A run of whole chunks with the l2 bias and linear retention
+(the Titans presets) goes through `fused_run.py` instead: the same math as one autograd node whose backward is
+written by hand, tested against autograd through `_chunk_parallel`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from harness.errors import HarnessError
+from models.titans.fused_run import fused_chunk_run
+from models.titans.objectives import L2Bias
 
 
 def mlp_apply(x, weights):
@@ -72,7 +80,7 @@ def _decay_matrix(logs, lower):
     return ((cum.unsqueeze(-1) - cum.unsqueeze(-2)) * lower).exp_() * lower, cum
 
 
-def _coefficients(theta, log_keep, log_eta, q, k):
+def _coefficients(theta, log_keep, log_eta, q, k, factors=True):
     # theta arrives negated (-theta): C, c_end and mo_end then carry the update's minus sign, so every update
     # and read below is a plain (b)addbmm (alpha=-1 would cost an extra multiply per input in backward).
     """Mixing weights of chunks (any leading dims, time last, n tokens), shaped to broadcast against [.., n,
@@ -81,7 +89,8 @@ def _coefficients(theta, log_keep, log_eta, q, k):
     c_end [.., n, 1] (token i's gradient in the chunk-end state), beta_end [.., 1, 1]; with momentum also
     m [.., n, 1] and m_end (S_0 in the state), mo_end [.., n, 1] and e_end [.., 1, 1] (the chunk-end
     momentum);
-    score1 = C * (q k^T), the layer-1 read scores, and kq = [k; q] stacked along time."""
+    score1 = C * (q k^T), the layer-1 read scores; with `factors`, layer 1's inputs with their per-token factors
+    applied (ck_end, bq, mk_end, mq, kq = [k; beta q] stacked along time; the fused op applies them per chunk)."""
     n = theta.shape[-1]
     lower = torch.ones(n, n, dtype=theta.dtype, device=theta.device).tril()
     if log_keep is None:
@@ -99,6 +108,8 @@ def _coefficients(theta, log_keep, log_eta, q, k):
         C, coef = D * theta.unsqueeze(-2), {}
     coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
     coef["score1"] = C * (q @ k.transpose(-1, -2))  # layer 1 reads with q and writes with k: state-free
+    if not factors:
+        return coef
     # Layer 1's inputs k and q are known before the chunk loop, so its per-token factors are applied here, for
     # all chunks in one product each, instead of to the chunk's outputs inside the loop:
     # k^T (c_end * delta) = (c_end * k)^T delta, and beta_t (q_t A_0) = (beta_t q_t) A_0 (likewise m_t, S_0).
@@ -182,40 +193,62 @@ def _walk(T, chunk_size, pos):
 
 
 def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None,
-                    grad_clip=None):
+                    grad_clip=None, fused=None):
     """Write every token into the memory and read each one back after its write, chunk-parallel.
 
     q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha) [B,H,T]
     or None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None;
     grad_clip: cap on the Frobenius norm of every token's gradient per layer (None: no cap).
     state = {"A": [per-layer [B,H,d_{l-1},d_l]], "S": [...] or None, "G": [...], "pos": int}.
+    fused: run the whole chunks through `fused_run` (one autograd node with a hand-written backward, the same
+    math); None: wherever it applies (the l2 bias with linear retention); False: autograd through
+    `_chunk_parallel` per chunk, the path the fused one is tested against.
     Returns y [B,H,T,d_out] and the new state."""
+    fusable = retention.linear and isinstance(bias, L2Bias)
+    if fused and not fusable:
+        raise HarnessError(f"the fused memory op covers the l2 bias with linear retention, not {bias.name} "
+                           f"with {retention.name}; use fused=None or False")
+    fused = fusable if fused is None else fused
     Bsz, H, T = q.shape[:3]
     flat_list = lambda xs: None if xs is None else [x.flatten(0, 1) for x in xs]  # noqa: E731
     A, S, G, pos = flat_list(state["A"]), flat_list(state["S"]), flat_list(state["G"]), state["pos"]
-    pieces = list(_walk(T, chunk_size, pos))
     # the bias's gradient scale rides on theta (an exact power of two for l2 and Huber), and so does the cap
     scale = bias.grad_scale
     theta = theta * -scale
     grad_clip = None if grad_clip is None else grad_clip / scale
-    inputs = _cut(pieces, chunk_size, q, k, v, theta, log_keep, log_eta, bias_param)
     outs = []
-    for (t, n), (qc, kc, vc, pc, coef) in zip(pieces, inputs):
-        if (pos + t) % chunk_size == 0:
-            G = A
-        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention, grad_clip)
-        outs.append(y.unflatten(0, (Bsz, H)))
+    for is_run, (qc, kc, vc, pc, coef) in _cut(_walk(T, chunk_size, pos), chunk_size, pos, q, k, v, theta,
+                                               log_keep, log_eta, bias_param, fused):
+        if is_run and fused:  # whole chunks, chunk-major [nc, B*H, n, ...]: each starts its own chunk
+            y, A, S, G = fused_chunk_run(qc, kc, vc, coef, A, S, grad_clip)
+            outs.append(y.movedim(0, 1).reshape(Bsz, H, -1, y.shape[-1]))
+            continue
+        if is_run:
+            per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
+            cols = [x.unbind(0) if x is not None else [None] * len(vc) for x in (qc, kc, vc, pc)]
+            chunks = [(*(c[j] for c in cols), {key: val[j] for key, val in per_chunk.items()})
+                      for j in range(len(vc))]
+        else:
+            chunks = [(qc, kc, vc, pc, coef)]
+        for j, (qj, kj, vj, pj, cj) in enumerate(chunks):
+            if is_run or coef["starts_chunk"]:
+                G = A
+            y, A, S = _chunk_parallel(qj, kj, vj, cj, pj, A, S, G, bias, retention, grad_clip)
+            outs.append(y.unflatten(0, (Bsz, H)))
     unflat = lambda xs: None if xs is None else [x.unflatten(0, (Bsz, H)) for x in xs]  # noqa: E731
-    y = torch.cat(outs, dim=2)
+    y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
     return y, {"A": unflat(A), "S": unflat(S), "G": unflat(G), "pos": pos + T}
 
 
-def _cut(pieces, chunk_size, q, k, v, theta, log_keep, log_eta, bias_param):
-    """Per piece: (q, k, v, bias_param, coefficients), batch-flat [B*H, n, ...]. The run of whole chunks is
-    laid out chunk-major ([chunks, B*H, n, ...]: one copy, which flattening B and H needs anyway), so that each
-    chunk's inputs and coefficients are contiguous blocks (several percent faster on the CPU than strided
-    slices of [B*H, T, ...]), and its coefficients are computed in one batch over chunks. Every input is cut
-    along time with one split (its backward is one concatenation; a slice's zero-fills a full-size gradient)."""
+def _cut(pieces, chunk_size, pos, q, k, v, theta, log_keep, log_eta, bias_param, fused):
+    """The call's inputs cut at chunk boundaries, in time order: (is_run, (q, k, v, bias_param, coefficients)).
+    Whole chunks that follow each other form one run, laid out chunk-major ([chunks, B*H, n, ...]: one copy,
+    which flattening B and H needs anyway), so that each chunk's inputs and coefficients are contiguous blocks
+    (several percent faster on the CPU than strided slices of [B*H, T, ...]) and the coefficients of all of
+    them are computed in one batch. Every other piece is batch-flat [B*H, n, ...], and its coefficients say
+    whether it starts a chunk. Every input is cut along time with one split (its backward is one
+    concatenation; a slice's zero-fills a full-size gradient)."""
+    pieces = list(pieces)
     full = [i for i, (_, n) in enumerate(pieces) if n == chunk_size]
     run = full if len(full) > 1 and full == list(range(full[0], full[-1] + 1)) else []
     # spans of time to cut: the run of whole chunks as one span, every other piece as its own
@@ -225,7 +258,7 @@ def _cut(pieces, chunk_size, q, k, v, theta, log_keep, log_eta, bias_param):
     lengths = [sum(pieces[i][1] for i in span) for span in spans]
     cut = [[None] * len(spans) if x is None else x.split(lengths, dim=2)
            for x in (q, k, v, bias_param, theta, log_keep, log_eta)]
-    out = [None] * len(pieces)
+    out = []
     for s, span in enumerate(spans):
         parts = [c[s] for c in cut]
         if span is run:  # [B, H, nc * chunk, ...] -> [nc, B*H, chunk, ...], contiguous
@@ -233,14 +266,12 @@ def _cut(pieces, chunk_size, q, k, v, theta, log_keep, log_eta, bias_param):
             parts = [None if x is None else x.unflatten(2, (nc, chunk_size)).movedim(2, 0).reshape(
                 nc, -1, chunk_size, *x.shape[3:]) for x in parts]
             qm, km, vm, pm, th, lk, le = parts
-            coef = _coefficients(th, lk, le, qm, km)
-            per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
-            cols = [x.unbind(0) if x is not None else [None] * nc for x in (qm, km, vm, pm)]
-            for j, i in enumerate(run):
-                out[i] = (*(c[j] for c in cols), {key: val[j] for key, val in per_chunk.items()})
+            out.append((True, (qm, km, vm, pm, _coefficients(th, lk, le, qm, km, factors=not fused))))
         else:
             qc, kc, vc, pc, th, lk, le = (None if x is None else x.flatten(0, 1) for x in parts)
-            out[span[0]] = (qc, kc, vc, pc, _coefficients(th, lk, le, qc, kc))
+            coef = _coefficients(th, lk, le, qc, kc)
+            coef["starts_chunk"] = (pos + pieces[span[0]][0]) % chunk_size == 0
+            out.append((False, (qc, kc, vc, pc, coef)))
     return out
 
 
