@@ -39,7 +39,7 @@ def _run_both(depth, momentum, decay, clip, T, chunk, pos):
 @pytest.mark.parametrize("depth,momentum,decay,clip", [
     *((d, m, dec, None) for d, m, dec in itertools.product([1, 2], [False, True], [False, True])),
     (2, True, True, 0.5), (1, False, True, 0.5), (3, True, True, None), (3, False, True, 0.5)])
-@pytest.mark.parametrize("T,chunk,pos", [(16, 4, 0), (13, 3, 7)])
+@pytest.mark.parametrize("T,chunk,pos", [(16, 4, 0), (13, 3, 7), (5, 4, 0)])  # runs of 4, 3 and 1 chunks
 def test_fused_matches_autograd(depth, momentum, decay, clip, T, chunk, pos):
     (y1, s1, g1), (y2, s2, g2) = _run_both(depth, momentum, decay, clip, T, chunk, pos)
     torch.testing.assert_close(y1, y2, rtol=0, atol=1e-12)

@@ -250,7 +250,8 @@ def _cut(pieces, chunk_size, pos, q, k, v, theta, log_keep, log_eta, bias_param,
     concatenation; a slice's zero-fills a full-size gradient)."""
     pieces = list(pieces)
     full = [i for i, (_, n) in enumerate(pieces) if n == chunk_size]
-    run = full if len(full) > 1 and full == list(range(full[0], full[-1] + 1)) else []
+    # (the fused op takes a single whole chunk too; per-chunk autograd gains nothing from the layout for one)
+    run = full if len(full) > (0 if fused else 1) and full == list(range(full[0], full[-1] + 1)) else []
     # spans of time to cut: the run of whole chunks as one span, every other piece as its own
     spans = [[i] for i in range(len(pieces)) if i not in run]
     if run:
