@@ -108,14 +108,16 @@ def _coefficients(theta, log_keep, log_eta, q, k, factors=True):
         C, coef = D * theta.unsqueeze(-2), {}
     coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
     coef["score1"] = C * (q @ k.transpose(-1, -2))  # layer 1 reads with q and writes with k: state-free
-    if not factors:
-        return coef
-    # Layer 1's inputs k and q are known before the chunk loop, so its per-token factors are applied here, for
-    # all chunks in one product each, instead of to the chunk's outputs inside the loop:
-    # k^T (c_end * delta) = (c_end * k)^T delta, and beta_t (q_t A_0) = (beta_t q_t) A_0 (likewise m_t, S_0).
+    return _add_factors(coef, q, k) if factors else coef
+
+
+def _add_factors(coef, q, k):
+    """Layer 1's inputs k and q are known before the chunk loop, so its per-token factors are applied here, for
+    all chunks in one product each, instead of to the chunk's outputs inside the loop:
+    k^T (c_end * delta) = (c_end * k)^T delta, and beta_t (q_t A_0) = (beta_t q_t) A_0 (likewise m_t, S_0)."""
     coef["ck_end"] = (coef["c_end"] * k).transpose(-1, -2)
-    coef["bq"] = beta * q
-    if log_eta is not None:
+    coef["bq"] = coef["beta"] * q
+    if "m" in coef:
         coef["mk_end"] = (coef["mo_end"] * k).transpose(-1, -2)
         coef["mq"] = coef["m"] * q
     coef["kq"] = torch.cat([k, coef["bq"]], dim=-2)  # one product k, beta q @ A_0 when the chunk starts here
@@ -217,37 +219,48 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     theta = theta * -scale
     grad_clip = None if grad_clip is None else grad_clip / scale
     outs = []
-    for is_run, (qc, kc, vc, pc, coef) in _cut(_walk(T, chunk_size, pos), chunk_size, pos, q, k, v, theta,
-                                               log_keep, log_eta, bias_param, fused):
+    for is_run, starts_chunk, (qc, kc, vc, pc, coef) in _cut(_walk(T, chunk_size, pos), chunk_size, pos, q, k, v,
+                                                             theta, log_keep, log_eta, bias_param, fused):
         if is_run and fused:  # whole chunks, chunk-major [nc, B*H, n, ...]: each starts its own chunk
             y, A, S, G = fused_chunk_run(qc, kc, vc, coef, A, S, grad_clip)
             outs.append(y.movedim(0, 1).reshape(Bsz, H, -1, y.shape[-1]))
             continue
         if is_run:
-            per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
-            cols = [x.unbind(0) if x is not None else [None] * len(vc) for x in (qc, kc, vc, pc)]
-            chunks = [(*(c[j] for c in cols), {key: val[j] for key, val in per_chunk.items()})
-                      for j in range(len(vc))]
-        else:
-            chunks = [(qc, kc, vc, pc, coef)]
-        for j, (qj, kj, vj, pj, cj) in enumerate(chunks):
-            if is_run or coef["starts_chunk"]:
-                G = A
-            y, A, S = _chunk_parallel(qj, kj, vj, cj, pj, A, S, G, bias, retention, grad_clip)
-            outs.append(y.unflatten(0, (Bsz, H)))
+            ys, A, S, G = run_chunks(qc, kc, vc, pc, coef, A, S, bias, retention, grad_clip)
+            outs.extend(y.unflatten(0, (Bsz, H)) for y in ys)
+            continue
+        if starts_chunk:
+            G = A
+        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention, grad_clip)
+        outs.append(y.unflatten(0, (Bsz, H)))
     unflat = lambda xs: None if xs is None else [x.unflatten(0, (Bsz, H)) for x in xs]  # noqa: E731
     y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
     return y, {"A": unflat(A), "S": unflat(S), "G": unflat(G), "pos": pos + T}
 
 
+def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip):
+    """Whole chunks laid out chunk-major ([nc, B*H, n, ...], coefficients with their factors), each through
+    `_chunk_parallel` under autograd: the unfused path, and the fused op's route to higher-order gradients.
+    Returns the per-chunk outputs, the end states and the last chunk's start states."""
+    per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
+    cols = [x.unbind(0) if x is not None else [None] * len(v) for x in (q, k, v, bias_param)]
+    ys, G = [], A
+    for j in range(len(v)):
+        G = A  # every chunk of the run starts at a chunk boundary
+        y, A, S = _chunk_parallel(*(c[j] for c in cols[:3]), {key: val[j] for key, val in per_chunk.items()},
+                                  cols[3][j], A, S, G, bias, retention, grad_clip)
+        ys.append(y)
+    return ys, A, S, G
+
+
 def _cut(pieces, chunk_size, pos, q, k, v, theta, log_keep, log_eta, bias_param, fused):
-    """The call's inputs cut at chunk boundaries, in time order: (is_run, (q, k, v, bias_param, coefficients)).
-    Whole chunks that follow each other form one run, laid out chunk-major ([chunks, B*H, n, ...]: one copy,
-    which flattening B and H needs anyway), so that each chunk's inputs and coefficients are contiguous blocks
-    (several percent faster on the CPU than strided slices of [B*H, T, ...]) and the coefficients of all of
-    them are computed in one batch. Every other piece is batch-flat [B*H, n, ...], and its coefficients say
-    whether it starts a chunk. Every input is cut along time with one split (its backward is one
-    concatenation; a slice's zero-fills a full-size gradient)."""
+    """The call's inputs cut at chunk boundaries, in time order: (is_run, starts_chunk, (q, k, v, bias_param,
+    coefficients)). Whole chunks that follow each other form one run, laid out chunk-major ([chunks, B*H, n,
+    ...]: one copy, which flattening B and H needs anyway), so that each chunk's inputs and coefficients are
+    contiguous blocks (several percent faster on the CPU than strided slices of [B*H, T, ...]) and the
+    coefficients of all of them are computed in one batch. Every other piece is batch-flat [B*H, n, ...]. Every
+    input is cut along time with one split (its backward is one concatenation; a slice's zero-fills a full-size
+    gradient)."""
     pieces = list(pieces)
     full = [i for i, (_, n) in enumerate(pieces) if n == chunk_size]
     # (the fused op takes a single whole chunk too; per-chunk autograd gains nothing from the layout for one)
@@ -267,12 +280,11 @@ def _cut(pieces, chunk_size, pos, q, k, v, theta, log_keep, log_eta, bias_param,
             parts = [None if x is None else x.unflatten(2, (nc, chunk_size)).movedim(2, 0).reshape(
                 nc, -1, chunk_size, *x.shape[3:]) for x in parts]
             qm, km, vm, pm, th, lk, le = parts
-            out.append((True, (qm, km, vm, pm, _coefficients(th, lk, le, qm, km, factors=not fused))))
+            out.append((True, True, (qm, km, vm, pm, _coefficients(th, lk, le, qm, km, factors=not fused))))
         else:
             qc, kc, vc, pc, th, lk, le = (None if x is None else x.flatten(0, 1) for x in parts)
-            coef = _coefficients(th, lk, le, qc, kc)
-            coef["starts_chunk"] = (pos + pieces[span[0]][0]) % chunk_size == 0
-            out.append((False, (qc, kc, vc, pc, coef)))
+            starts_chunk = (pos + pieces[span[0]][0]) % chunk_size == 0
+            out.append((False, starts_chunk, (qc, kc, vc, pc, _coefficients(th, lk, le, qc, kc))))
     return out
 
 
