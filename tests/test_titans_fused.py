@@ -145,3 +145,30 @@ def test_fused_backward_twice_with_retain_graph():
     first, = torch.autograd.grad(loss, q, retain_graph=True)
     second, = torch.autograd.grad(loss, q)
     torch.testing.assert_close(second, first, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (4, 7)])
+def test_decay_momentum_coefficients_match_autograd(shape):
+    """The hand-written backward of the coefficients with forgetting and momentum against autograd through the
+    general formula (float64; values 1e-13, gradients 1e-12 relative), every output weighted."""
+    from models.titans.ops import _coefficients, _coefficients_autograd
+
+    g = torch.Generator().manual_seed(2)
+    uniform = lambda: torch.rand(*shape, dtype=torch.float64, generator=g)  # noqa: E731
+    leaves = [(-0.3 * uniform()).requires_grad_(), torch.log(1 - 0.2 * uniform()).requires_grad_(),
+              torch.log(uniform()).requires_grad_(),
+              torch.randn(*shape, 4, dtype=torch.float64, generator=g).requires_grad_(),
+              torch.randn(*shape, 4, dtype=torch.float64, generator=g).requires_grad_()]
+    keys = ("C", "beta", "c_end", "beta_end", "score1", "m", "m_end", "mo_end", "e_end")
+    weights, results = None, []
+    for fn in (_coefficients, _coefficients_autograd):
+        coef = fn(*leaves, False)
+        if weights is None:
+            weights = {key: torch.randn(coef[key].shape, dtype=torch.float64, generator=g) for key in keys}
+        grads = torch.autograd.grad(sum((coef[key] * weights[key]).sum() for key in keys), leaves)
+        results.append(([coef[key] for key in keys], grads))
+    (v1, g1), (v2, g2) = results
+    for a, b in zip(v1, v2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * b.abs().max().item())

@@ -91,6 +91,18 @@ def _coefficients(theta, log_keep, log_eta, q, k, factors=True):
     momentum);
     score1 = C * (q k^T), the layer-1 read scores; with `factors`, layer 1's inputs with their per-token factors
     applied (ck_end, bq, mk_end, mq, kq = [k; beta q] stacked along time; the fused op applies them per chunk)."""
+    if log_keep is not None and log_eta is not None and torch.is_grad_enabled():
+        C, beta, c_end, beta_end, score1, m, m_end, mo_end, e_end = _DecayMomentumCoefficients.apply(
+            theta, log_keep, log_eta, q, k)
+        coef = dict(C=C, beta=beta, c_end=c_end, beta_end=beta_end, score1=score1, m=m, m_end=m_end,
+                    mo_end=mo_end, e_end=e_end)
+        return _add_factors(coef, q, k) if factors else coef
+    return _coefficients_autograd(theta, log_keep, log_eta, q, k, factors)
+
+
+def _coefficients_autograd(theta, log_keep, log_eta, q, k, factors):
+    """`_coefficients` written with autograd: every case (without forgetting or momentum too), and the
+    reference that `_DecayMomentumCoefficients` is tested against."""
     n = theta.shape[-1]
     lower = torch.ones(n, n, dtype=theta.dtype, device=theta.device).tril()
     if log_keep is None:
@@ -111,6 +123,66 @@ def _coefficients(theta, log_keep, log_eta, q, k, factors=True):
     coef.update(C=C, beta=beta, beta_end=beta[..., -1:, :], c_end=C[..., -1, :].unsqueeze(-1))
     coef["score1"] = C * (q @ k.transpose(-1, -2))  # layer 1 reads with q and writes with k: state-free
     return _add_factors(coef, q, k) if factors else coef
+
+
+class _DecayMomentumCoefficients(torch.autograd.Function):
+    """`_coefficients` with forgetting and momentum (the Titans presets) and a hand-written backward: autograd's
+    takes about three times the forward, most of it in masks, broadcasts and the zero-filled gradients of the
+    chunk-end rows. Outputs: C, beta, c_end, beta_end, score1, m, m_end, mo_end, e_end (as in `_coefficients`).
+    Backward: with P = dL/dD * D for a decay matrix D[t, s] = exp(cum[t] - cum[s]) (s <= t),
+    dL/dcum[t] = sum_s P[t, s] - sum_s P[s, t]; the logs' gradients are reverse cumulative sums of those."""
+
+    @staticmethod
+    def forward(ctx, theta, log_keep, log_eta, q, k):
+        ctx.set_materialize_grads(False)
+        n = theta.shape[-1]
+        lower = torch.ones(n, n, dtype=theta.dtype, device=theta.device).tril()
+        Dk, cum_k = _decay_matrix(log_keep, lower)
+        De, cum_e = _decay_matrix(log_eta, lower)
+        beta, ee = cum_k.exp().unsqueeze(-1), cum_e.exp()
+        Mo = De * theta.unsqueeze(-2)
+        C = Dk @ Mo
+        m = (Dk * ee.unsqueeze(-2)).sum(-1, keepdim=True)
+        qk = q @ k.transpose(-1, -2)
+        ctx.save_for_backward(theta, q, k, Dk, De, Mo, C, beta, ee, qk)
+        # the chunk-end rows as copies (a custom function's outputs must not be views of each other)
+        return (C, beta, C[..., -1, :, None].clone(), beta[..., -1:, :].clone(), C * qk, m, m[..., -1:, :].clone(),
+                Mo[..., -1, :, None].clone(), ee[..., -1:, None].clone())
+
+    @staticmethod
+    def backward(ctx, gC, g_beta, g_c_end, g_beta_end, g_score1, g_m, g_m_end, g_mo_end, g_e_end):
+        theta, q, k, Dk, De, Mo, C, beta, ee, qk = ctx.saved_tensors
+        gC = torch.zeros_like(C) if gC is None else gC.clone()
+        g_q = g_k = None
+        if g_score1 is not None:
+            gC.addcmul_(g_score1, qk)
+            g_qk = g_score1 * C
+            g_q, g_k = g_qk @ k, g_qk.transpose(-1, -2) @ q
+        if g_c_end is not None:
+            gC[..., -1, :] += g_c_end[..., 0]
+        gDk = gC @ Mo.transpose(-1, -2)
+        gMo = Dk.transpose(-1, -2) @ gC
+        if g_mo_end is not None:
+            gMo[..., -1, :] += g_mo_end[..., 0]
+        g_cum_k = torch.zeros_like(beta[..., 0]) if g_beta is None else g_beta[..., 0] * beta[..., 0]
+        if g_beta_end is not None:
+            g_cum_k[..., -1:] += g_beta_end[..., 0] * beta[..., -1, :]
+        g_cum_e = torch.zeros_like(ee)
+        if g_m is not None or g_m_end is not None:
+            gm = torch.zeros_like(C[..., :1]) if g_m is None else g_m.clone()
+            if g_m_end is not None:
+                gm[..., -1:, :] += g_m_end
+            gDk.addcmul_(gm, ee.unsqueeze(-2))  # m = D ee
+            g_cum_e += (Dk * gm).sum(-2) * ee
+        if g_e_end is not None:
+            g_cum_e[..., -1:] += g_e_end[..., 0] * ee[..., -1:]
+        g_theta = (gMo * De).sum(-2)
+        P_e = gMo.mul_(theta.unsqueeze(-2)).mul_(De)  # Mo = De theta_s
+        g_cum_e += P_e.sum(-1) - P_e.sum(-2)
+        P_k = gDk.mul_(Dk)
+        g_cum_k += P_k.sum(-1) - P_k.sum(-2)
+        rev_cumsum = lambda g: g.flip(-1).cumsum(-1).flip(-1)  # noqa: E731  (cum = cumsum(logs))
+        return g_theta, rev_cumsum(g_cum_k), rev_cumsum(g_cum_e), g_q, g_k
 
 
 def _add_factors(coef, q, k):
