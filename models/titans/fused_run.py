@@ -45,6 +45,8 @@ def _mix(acc, coef, x):
 
 
 class _ChunkRun(torch.autograd.Function):
+    """The run of whole chunks (see the module doc); `fused_chunk_run` is its entry point."""
+
     @staticmethod
     def forward(ctx, n_layers, momentum, clip, keep, q, k, v, C, beta, c_end, beta_end, score1,
                 m, m_end, mo_end, e_end, *states):
@@ -135,8 +137,11 @@ class _ChunkRun(torch.autograd.Function):
 
 
 def _backward_through_autograd(ctx, gy, g_out):
-    from models.titans.objectives import DecayRetention, L2Bias  # noqa: PLC0415 (ops imports this module)
-    from models.titans.ops import _add_factors, run_chunks  # noqa: PLC0415
+    """The gradients of every tensor input of `_ChunkRun.forward` by autograd through the unfused path, recomputed
+    from the saved inputs (with create_graph, themselves differentiable)."""
+    # imported here: ops imports this module
+    from models.titans.objectives import DecayRetention, L2Bias
+    from models.titans.ops import _add_factors, run_chunks
 
     L, momentum = ctx.n_layers, ctx.momentum
     create_graph = torch.is_grad_enabled()
