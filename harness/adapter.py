@@ -26,6 +26,8 @@ False` so evaluators keep to one stream per call.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import asdict, fields, is_dataclass, replace
 from typing import Any, ClassVar
 
@@ -180,13 +182,26 @@ def apply_overrides(config: Any, overrides: dict | None) -> Any:
     converted = {}
     for key, value in overrides.items():
         current = getattr(config, key)
-        if isinstance(value, str) and not isinstance(current, str) and current is not None:
-            try:
-                value = type(current)(value) if not isinstance(current, bool) else value.lower() in ("1", "true", "yes")
-            except ValueError as exc:
-                raise HarnessError(f"model setting {key}={value!r} is not a valid {type(current).__name__}") from exc
+        kind = type(current) if current is not None else _optional_type(valid[key].type)
+        if isinstance(value, str) and kind is not None and kind is not str:
+            if current is None and value.lower() in ("none", "null"):
+                value = None
+            else:
+                try:
+                    value = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+                except ValueError as exc:
+                    raise HarnessError(f"model setting {key}={value!r} is not a valid {kind.__name__}") from exc
         converted[key] = value
     return replace(config, **converted)
+
+
+def _optional_type(annotation) -> type | None:
+    """int for a field annotated `int | None` (as a string under `from __future__ import annotations`), etc."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if re.search(rf"\b{name}\b", text):
+            return kind
+    return None
 
 
 def flavor(flavors: dict[str, Any], preset: str, model_name: str) -> Any:
@@ -202,7 +217,17 @@ def build_model(name: str, preset: str = "tiny", vocab_size: int = 256, override
 
     entry = MODELS.resolve(name)
     builder = MODELS.load(entry.name)
-    model = builder(preset=preset, vocab_size=vocab_size, overrides=overrides or {})
+    try:
+        model = builder(preset=preset, vocab_size=vocab_size, overrides=overrides or {})
+    except HarnessError:
+        raise
+    except (ValueError, TypeError, RuntimeError, ArithmeticError, AssertionError) as exc:
+        # a value the architecture cannot be built with: name the overrides, in one line
+        if not overrides:
+            raise
+        args = " ".join(f"{k}={v}" for k, v in overrides.items())
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HarnessError(f"model {entry.name} cannot be built with --model-arg {args}: {reason}") from exc
     model.registry_name = entry.name
     model.preset = preset
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -212,17 +213,19 @@ def _csv_list(text: str | None, flag: str) -> list[str]:
 @click.option("--models", help="only these models (comma-separated; default every registered model)")
 @click.option("--data-file", type=click.Path(), help="byte-level text for the LM cases [default ../shared/data/pg19]")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--strict", is_flag=True, help="also fail when a suite case has no reference row")
 @click.option("--output_path", "--output-path", "output_path", type=click.Path(),
               help="where the suite's run records go [default a temporary folder]")
-def regress_command(suite, update, seeds, reference, models, data_file, device, strict, output_path):
+@click.option("--tasks", help="only these tasks' cases (comma-separated, e.g. mqar)")
+def regress_command(suite, update, seeds, reference, models, data_file, device, output_path, tasks):
     """Run the regression suite and compare every score with the reference (exit 1 naming each metric that
-    moved beyond its tolerance); --update --seeds 3 measures the seed spread and rewrites the reference."""
+    moved beyond its tolerance, and when the reference is missing, empty or lacks a case); --update --seeds 3
+    measures the seed spread and rewrites the reference."""
     from harness.regress import main as regress_main
 
     code = regress_main(suite=suite, update=update, seeds=seeds, reference=reference,
                         models=_csv_list(models, "--models") if models else None, data_file=data_file,
-                        device=device, strict=strict, output_path=output_path)
+                        device=device, output_path=output_path,
+                        tasks=_csv_list(tasks, "--tasks") if tasks else None)
     if code:
         sys.exit(code)
 
@@ -316,14 +319,32 @@ def lm_eval_command(ctx):
     lm_eval_main(list(ctx.args))
 
 
+RESUMABLE = ("eval", "train", "ab")  # the commands that take --resume
+
+
+def interrupted_message(argv: list[str], checkpoint: str | None) -> str:
+    """What to tell a person who pressed Ctrl-C: what is kept and, when a checkpoint exists, the command that
+    continues from it (the same command line with --resume)."""
+    head = "interrupted: checkpoints and records already written are kept"
+    if not checkpoint or not argv or argv[0] not in RESUMABLE:
+        return head
+    args = list(argv) if "--resume" in argv else [*argv, "--resume"]
+    return f"{head}; the last checkpoint is {checkpoint}\nresume with: harness {shlex.join(args)}"
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="harness", standalone_mode=False)
     except HarnessError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort, the KeyboardInterrupt as its cause
+        cause = exc.__cause__
+        if isinstance(cause, KeyboardInterrupt):
+            click.echo(interrupted_message(argv, getattr(cause, "checkpoint", None)), err=True)
+        else:
+            click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

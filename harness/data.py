@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,11 +41,61 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+STALE_TEMP_S = 3600  # a temp file untouched this long, whose writer cannot be checked, is from a dead write
+
+
+def _temp_prefix(path: Path) -> str:
+    """.NAME.tmp-HOST-PID-: names the writer, so that the next write can tell a dead writer's leftover from a
+    live one's file in progress."""
+    return f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process, alive
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed writes of `path` left behind (.NAME.tmp-HOST-PID-XXXX, and the older .NAME.XXXX): a
+    file of a dead process on this host, or one untouched for STALE_TEMP_S when its writer cannot be checked.
+    A write in progress (a live process, this one included) is left alone. Returns the removed paths."""
+    path = Path(path)
+    mine = re.compile(rf"^\.{re.escape(path.name)}\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+(\.part)?$")
+    legacy = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}(\.part)?$")
+    host, removed = socket.gethostname(), []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for tmp in candidates:
+        found = mine.match(tmp.name)
+        if not found and not legacy.match(tmp.name):
+            continue
+        try:
+            if found and found["host"] == host:
+                stale = int(found["pid"]) != os.getpid() and not _pid_alive(int(found["pid"]))
+            else:
+                stale = time.time() - tmp.stat().st_mtime > STALE_TEMP_S
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
+    """Write to a temporary file in the same folder, then rename: readers never see a partial file. Temp files
+    that killed writes of the same target left behind are removed first (remove_stale_temps)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -60,7 +113,8 @@ def download(url: str, dest: str | os.PathLike, timeout: float = 30.0) -> Path:
     DataError naming the URL."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    remove_stale_temps(dest)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".part", dir=dest.parent)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None

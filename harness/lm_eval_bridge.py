@@ -11,11 +11,13 @@ model_args (all optional except name, which a checkpoint may supply):
   name          registered model name (harness ls models)          preset      model preset (default tiny)
   checkpoint    a file saved by the harness runner (torch.save)   tokenizer   'bytes' (default), a tokenizer.json
   vocab_size    model vocabulary (default: the tokenizer's)                   or a local HF tokenizer folder
-  max_length    window / segment length in tokens (default: the checkpoint's seq_len, else the preset's)
+  max_length    window / segment length in tokens (default: the checkpoint's training context, else preset's)
   dtype         float32 (default), float64, bfloat16             prefix_token  id conditioning a text's 1st token
   cfg.<field>   a model config override, e.g. cfg.dim=64          batch_size, device: lm-eval's own flags
 Checkpoint keys read: "model" (state_dict), "model_name", "preset", "vocab_size", "overrides" (dict or None),
-"tokenizer" (path or None; used unless tokenizer= is given) and, if present, "seq_len" (training context length).
+"tokenizer" ('bytes', a path or None; a tokenizer= other than it is refused), "tokenizer_sha256" and "seq_len"
+(the training context), else run_config's seq_len. Checkpoints load with weights_only=True
+(harness/checkpoint.py).
 
 Scoring follows lm-eval's HF model (`HFLM`): texts are encoded without special tokens, an empty context becomes the
 tokenizer's separator/eos token, trailing context spaces move to the continuation. Models with streaming "state"
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +38,8 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from tqdm.auto import tqdm
 
+from harness.checkpoint import load_checkpoint as load_checkpoint_data
+from harness.data import sha256_file
 from harness.errors import HarnessError
 from tasks.doc_scoring import score_items
 from tasks.tokenizer import load_tokenizer
@@ -44,28 +49,54 @@ CHECKPOINT_KEYS = ("model", "model_name", "preset", "vocab_size", "overrides", "
 
 
 def load_checkpoint(path: str) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HarnessError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 (unpickling raises many kinds)
-        raise HarnessError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
+    """A runner checkpoint, loaded as data only (weights_only=True), with the keys the bridge reads."""
+    ckpt = load_checkpoint_data(path)
+    if "model" not in ckpt or "model_name" not in ckpt:
         raise HarnessError(f"{path} is not a harness checkpoint: expected a dict with keys {', '.join(CHECKPOINT_KEYS)}")
     return ckpt
 
 
-def build_from_args(name: str | None, preset: str, checkpoint: str | None, vocab_size: int | None,
-                    overrides: dict, tokenizer_vocab: int):
-    """(model, preset, checkpoint dict or None) for the bridge's arguments."""
+def check_tokenizer(tok, ckpt: dict, checkpoint: str) -> None:
+    """Refuse a tokenizer= other than the one the checkpoint was trained with: the same vocabulary size does
+    not make the same token ids. A checkpoint that does not say (tokenizer None) leaves the size check."""
+    saved = ckpt.get("tokenizer")
+    if saved is None:
+        return
+    saved_bytes = str(saved).lower() in ("bytes", "byte")
+    given = "bytes" if tok.kind == "bytes" else str(tok.path)
+    if saved_bytes or tok.kind == "bytes":
+        if saved_bytes != (tok.kind == "bytes"):
+            raise HarnessError(f"tokenizer={given} but checkpoint {checkpoint} was trained with {saved}; "
+                               "drop tokenizer= to use the checkpoint's")
+        return
+    saved_sha = ckpt.get("tokenizer_sha256") or (sha256_file(saved) if Path(saved).is_file() else None)
+    given_sha = sha256_file(tok.path) if Path(tok.path).is_file() else None
+    if saved_sha and given_sha:
+        same = saved_sha == given_sha
+    else:  # a file that is not at hand: only the same path can be the same tokenizer
+        same = Path(saved).resolve() == Path(tok.path).resolve()
+    if not same:
+        sha = f", sha256 {saved_sha[:12]}" if saved_sha else ""
+        raise HarnessError(f"tokenizer={given} is not the tokenizer checkpoint {checkpoint} was trained with "
+                           f"({saved}{sha}); drop tokenizer= or pass a copy of that file")
+
+
+def training_seq_len(ckpt: dict) -> int | None:
+    """The context the checkpoint was trained with: its seq_len, else the --seq-len in its run_config."""
+    value = ckpt.get("seq_len") or (ckpt.get("run_config") or {}).get("seq_len")
+    return int(value) if value else None
+
+
+def build_from_args(name: str | None, preset: str, checkpoint: str | None, ckpt: dict | None,
+                    vocab_size: int | None, overrides: dict, tokenizer_vocab: int):
+    """(model, preset) for the bridge's arguments; ckpt is the loaded checkpoint (None without one)."""
     from harness.adapter import build_model
     from harness.registry import MODELS
 
-    if checkpoint is None:
+    if ckpt is None:
         if name is None:
             raise HarnessError("model_args needs name=MODEL (see `harness ls models`) or checkpoint=PATH")
-        return build_model(name, preset, vocab_size or tokenizer_vocab, overrides), preset, None
-    ckpt = load_checkpoint(checkpoint)
+        return build_model(name, preset, vocab_size or tokenizer_vocab, overrides), preset
     saved = MODELS.resolve(ckpt["model_name"]).name
     if name is not None and MODELS.resolve(name).name != saved:
         raise HarnessError(f"name={name} but checkpoint {checkpoint} holds a {saved} model")
@@ -76,7 +107,7 @@ def build_from_args(name: str | None, preset: str, checkpoint: str | None, vocab
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise HarnessError(f"checkpoint {checkpoint} does not fit {saved}/{preset}: {str(exc).splitlines()[0]}") from exc
-    return model, preset, ckpt
+    return model, preset
 
 
 class HarnessLM(TemplateLM):
@@ -96,11 +127,17 @@ class HarnessLM(TemplateLM):
             raise HarnessError(f"dtype={dtype!r}; accepted: {', '.join(DTYPES)}")
         ckpt, given = None, model is not None
         if model is None:  # from model_args
-            tok_spec = tokenizer
-            if tok_spec is None and checkpoint is not None:
-                tok_spec = load_checkpoint(checkpoint).get("tokenizer")
-            self.tok = load_tokenizer(tok_spec, prefix_token)
-            model, preset, ckpt = build_from_args(name, preset, checkpoint, vocab_size, overrides, self.tok.vocab_size)
+            ckpt = load_checkpoint(checkpoint) if checkpoint is not None else None
+            if ckpt is not None and tokenizer is None and ckpt.get("tokenizer") is None \
+                    and int(ckpt.get("vocab_size") or 256) != 256:  # bytes would be a guess
+                raise HarnessError(f"checkpoint {checkpoint} does not name its tokenizer; "
+                                   "pass tokenizer=PATH")
+            self.tok = load_tokenizer(tokenizer if tokenizer is not None else (ckpt or {}).get("tokenizer"),
+                                      prefix_token)
+            if ckpt is not None and tokenizer is not None:
+                check_tokenizer(self.tok, ckpt, checkpoint)
+            model, preset = build_from_args(name, preset, checkpoint, ckpt, vocab_size, overrides,
+                                            self.tok.vocab_size)
         else:  # an LMAdapter instance handed over from Python
             self.tok = load_tokenizer(tokenizer, prefix_token)
         if self.tok.vocab_size > model.vocab_size:
@@ -115,7 +152,7 @@ class HarnessLM(TemplateLM):
             dtype = "float32"
         self.model = (model.to(self._device, DTYPES[dtype]) if dtype else model.to(self._device)).eval()
         self.stream = getattr(model, "streaming", "none") == "state"
-        self._max_length = int(max_length or (ckpt or {}).get("seq_len") or _preset_seq_len(preset))
+        self._max_length = int(max_length or training_seq_len(ckpt or {}) or _preset_seq_len(preset))
         limit = getattr(model, "max_context", None)
         if not self.stream and limit is not None and self._max_length > limit:
             raise HarnessError(f"max_length {self._max_length} exceeds the model's context of {limit} tokens")

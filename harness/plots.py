@@ -4,6 +4,8 @@ leaderboard (mean over seeds, error bars = standard error) and from the records'
 - score_vs_params_<task>_<metric>.png: each task's primary LM metric (bits per byte, perplexity, ...) against
   parameter count, one line per model across its presets;
 - babilong_acc_vs_length.png: BABILong mean accuracy (metrics acc/mean/<len>) against context length, per model;
+- recall_<task>.png: Zoology-style recall plot (metrics acc/kv<N>/T<L> of mqar): accuracy against key-value
+  pairs, one line per architecture, one panel per sequence length;
 - loss_<task>.png: training cross-entropy against step for every record (one line per model/preset/seed).
 """
 
@@ -18,10 +20,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from harness.errors import HarnessError
 from harness.leaderboard import aggregate
 from harness.results import load_records
 
 _LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?)([kKmM]?)$")
+_CELL = re.compile(r"^acc/kv(\d+)/T(\d+)$")
 
 
 def context_length(name: str) -> float | None:
@@ -38,10 +42,14 @@ def _safe(text: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise HarnessError(f"cannot write plot {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -98,6 +106,39 @@ def babilong_vs_length(rows: list[dict], out: Path) -> list[Path]:
     return [_save(fig, out / "babilong_acc_vs_length.png")]
 
 
+def recall_grid(rows: list[dict], out: Path) -> list[Path]:
+    """Accuracy against kv pairs per architecture, one panel per sequence length (Zoology, figure 2)."""
+    by_task = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # task -> T -> line -> [(kv, row)]
+    for r in rows:
+        m = _CELL.match(r["metric"])
+        if m:
+            line = (r["model"], r["preset"], r["optimizer"], r["settings"])
+            by_task[r["task"]][int(m.group(2))][line].append((int(m.group(1)), r))
+    paths = []
+    for task, panels in sorted(by_task.items()):
+        lengths = sorted(panels)
+        fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths), 3.6), squeeze=False, sharey=True)
+        for ax, length in zip(axes[0], lengths):
+            for (model, preset, optimizer, settings), pts in sorted(panels[length].items()):
+                pts.sort(key=lambda p: p[0])
+                err = [p[1]["stderr"] if isinstance(p[1]["stderr"], float) else 0.0 for p in pts]
+                label = f"{model} {preset}" + (f" ({optimizer})" if optimizer not in ("", "adamw") else "")
+                ax.errorbar([p[0] for p in pts], [p[1]["value"] for p in pts], yerr=err, marker="o", capsize=3,
+                            label=label)
+            kvs = sorted({kv for pts in panels[length].values() for kv, _ in pts})
+            ax.plot(kvs, [100 / kv for kv in kvs], "k:", lw=1, label="no recall (1/kv pairs)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(kvs, [str(k) for k in kvs])
+            ax.set_xlabel("key-value pairs")
+            ax.set_title(f"sequence length {length}")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("recall accuracy (%)")
+        axes[0][-1].legend(fontsize=6)
+        fig.suptitle(f"{task}: accuracy by key-value pairs")
+        paths.append(_save(fig, out / f"recall_{_safe(task)}.png"))
+    return paths
+
+
 def loss_curves(records: list[tuple[Path, dict]], out: Path) -> list[Path]:
     by_task = defaultdict(list)
     for _, rec in records:
@@ -128,4 +169,5 @@ def write_plots(root: str | Path, model=None, task=None, preset=None) -> list[Pa
                and (not preset or r.get("preset") == preset)]
     rows = aggregate(records)
     out = root / "plots"
-    return score_vs_params(rows, out) + babilong_vs_length(rows, out) + loss_curves(records, out)
+    return (score_vs_params(rows, out) + babilong_vs_length(rows, out) + recall_grid(rows, out)
+            + loss_curves(records, out))

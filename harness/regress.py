@@ -7,13 +7,14 @@ The `ci` suite (sized to fit 15 minutes on 2 CPU cores with about a dozen models
   task `bytes` on `../shared/data/pg19` (20 Project Gutenberg books beside the clone) or `--data-file`: this is
   NOT enwik8, and the reference's `data` column names what was used (source and sha256) so that a run on other
   data fails loudly instead of being compared;
-- if a task `babilong` is registered: BABILong qa1 at lengths 0k and 1k from the built-in generator
-  (`tasks=qa1 lengths=0k,1k source=generator`) for every model, same short budget. If no such task is
-  registered the cases are skipped with a printed note.
+- MQAR recall (task `mqar`, CI_MQAR: 4 key-value pairs in 32 tokens, vocabulary 64) for every model, trained
+  CI_MQAR_BUDGET: rows whose score sits far above the no-recall level (25 %), so a model whose memory or
+  attention breaks fails them. (BABILong rows were dropped: at this budget every model is at chance there, and
+  a row at chance cannot fail.)
 
 Compared metrics: each case's primary metric and its per-length breakdown (`acc/mean` and `acc/mean/<len>`).
 
-Reference columns: model, task, metric, value, tolerance, seeds, spread, data, created.
+Reference columns: model, task, metric, value, tolerance, seeds, spread, data, created, config_id.
 - value: the seed-0 score. The check reruns seed 0 only: on one machine a seed reproduces bit for bit, so any
   difference there comes from a code (or library / hardware) change, never from sampling.
 - spread: the seed-to-seed standard deviation s (ddof 1) over the `--update` seeds.
@@ -23,10 +24,11 @@ Reference columns: model, task, metric, value, tolerance, seeds, spread, data, c
   only matters where the seeds happen to agree exactly (s = 0): 1e-4 for continuous scores (the size of
   cross-machine float drift for these runs), and one sample's worth (100/n percent) for accuracies.
 
-Missing reference rows (a newly registered model, or the babilong task appearing) are reported as UNCHECKED
-warnings and do not fail the check, so that merging a model does not break CI before its reference exists;
-`--strict` makes them fail. A reference row whose data differs from the current data, or a metric that
-disappeared, fails.
+A check with nothing to check against fails: a missing or empty reference, or a suite case (a newly
+registered model, the babilong task appearing) with no reference row; add its rows with `--update` (which may
+run only some models: `--models`). A reference row whose data or configuration identity (config_id,
+harness/identity.py: budget, settings, data) differs from the current run's, or a metric that disappeared,
+fails too. Rows written before config_id existed are compared without that check.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ from pathlib import Path
 
 import torch
 
+from harness import identity
 from harness.data import atomic_write_bytes
 from harness.errors import HarnessError
 from harness.registry import MODELS, TASKS
 from harness.results import REPO_ROOT, utc_now
 
-REFERENCE_COLUMNS = ["model", "task", "metric", "value", "tolerance", "seeds", "spread", "data", "created"]
+REFERENCE_COLUMNS = ["model", "task", "metric", "value", "tolerance", "seeds", "spread", "data", "created",
+                     "config_id"]
+OPTIONAL_COLUMNS = {"config_id"}  # absent from references written before it existed
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "pg19"
 SUITE_THREADS = 2  # fixed, because CPU matmul results may depend on the thread count
 TOLERANCE_SIGMAS = 4.0
@@ -71,7 +76,10 @@ class Case:
 
 CI_BUDGET = dict(preset="tiny", steps=60, batch_size=8, seq_len=64, eval_every=0, checkpoint_every=0)
 CI_BYTES_LIMIT = 8192
-CI_BABILONG = dict(tasks="qa1", lengths="0k,1k", source="generator")
+# Recall rows that a broken model fails: the MQAR cell and budget at which every registered model except the
+# control learns to recall well above the no-recall level (1/kv_pairs); see scripts/bench_recall.py.
+CI_MQAR = dict(kv_pairs="4", seq_len="32", vocab="64", test_size="256")
+CI_MQAR_BUDGET = dict(preset="tiny", steps=150, batch_size=32, lr=3e-3, eval_every=0, checkpoint_every=0)
 
 
 def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list[str]]:
@@ -83,11 +91,8 @@ def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list
     notes.append(f"byte-level cases: task 'bytes' on {data.resolve()} (not enwik8: enwik8 is not available "
                  f"offline)")
     cases = [Case(m, "bytes", dict(CI_BUDGET, limit=CI_BYTES_LIMIT, data_file=str(data))) for m in models]
-    if "babilong" in TASKS:
-        cases += [Case(m, "babilong", dict(CI_BUDGET, task_args=dict(CI_BABILONG))) for m in models]
-        notes.append(f"babilong cases: {CI_BABILONG}")
-    else:
-        notes.append("babilong cases skipped: no task 'babilong' is registered")
+    cases += [Case(m, "mqar", dict(CI_MQAR_BUDGET, task_args=dict(CI_MQAR))) for m in models]
+    notes.append(f"mqar cases: {CI_MQAR}, {CI_MQAR_BUDGET['steps']} steps x {CI_MQAR_BUDGET['batch_size']}")
     return cases, notes
 
 
@@ -149,7 +154,8 @@ def reference_rows(results: dict, created: str | None = None) -> list[dict]:
             tolerance = max(TOLERANCE_SIGMAS * spread, _floor(m, base, values))
             rows.append({"model": model, "task": task, "metric": metric, "value": repr(float(m["value"])),
                          "tolerance": f"{tolerance:.3g}", "seeds": " ".join(map(str, seeds)),
-                         "spread": f"{spread:.3g}", "data": data_label(base), "created": created})
+                         "spread": f"{spread:.3g}", "data": data_label(base), "created": created,
+                         "config_id": identity.from_record(base)})
     return rows
 
 
@@ -158,9 +164,10 @@ def read_reference(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and set(REFERENCE_COLUMNS) - set(rows[0]):
-        raise HarnessError(f"{path} lacks columns {sorted(set(REFERENCE_COLUMNS) - set(rows[0]))}; "
-                           f"rewrite it with harness regress --update")
+    missing = set(REFERENCE_COLUMNS) - OPTIONAL_COLUMNS - set(rows[0] if rows else REFERENCE_COLUMNS)
+    if missing:
+        raise HarnessError(f"{path} lacks columns {sorted(missing)}; rewrite it with harness regress "
+                           f"--update")
     return rows
 
 
@@ -197,6 +204,10 @@ def compare(results: dict, reference: list[dict], seed: int = 0) -> Comparison:
             if row["data"] != data_label(record):
                 out.failures.append(f"{name}: data differs (reference: {row['data']}; now: {data_label(record)})")
                 continue
+            if row.get("config_id") and row["config_id"] != identity.from_record(record):
+                out.failures.append(f"{name}: configuration differs from the reference's (config_id "
+                                    f"{row['config_id']} vs {identity.from_record(record)}); rerun --update")
+                continue
             diff = m["value"] - float(row["value"])
             line = (f"{name}: {m['value']:.6g} vs reference {float(row['value']):.6g} "
                     f"(diff {diff:+.3g}, tolerance {float(row['tolerance']):.3g})")
@@ -224,7 +235,7 @@ def parse_seeds(text: str | None, default: int) -> list[int]:
 
 def main(suite: str = "ci", update: bool = False, seeds: str | None = None, reference: str | None = None,
          models: list[str] | None = None, data_file: str | None = None, device: str = "cpu",
-         strict: bool = False, output_path: str | None = None, log=print) -> int:
+         output_path: str | None = None, tasks: list[str] | None = None, log=print) -> int:
     if suite not in SUITES:
         raise HarnessError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
     model_names = [MODELS.resolve(m).name for m in models] if models else MODELS.names()
@@ -235,6 +246,11 @@ def main(suite: str = "ci", update: bool = False, seeds: str | None = None, refe
     if update and 0 not in run_seeds:
         raise HarnessError("--update needs seed 0 among --seeds: the reference value is the seed-0 score")
     cases, notes = SUITES[suite](model_names, data_file)
+    if tasks:
+        wanted = {TASKS.resolve(t).name for t in tasks}
+        cases = [c for c in cases if c.task in wanted]
+        if not cases:
+            raise HarnessError(f"suite {suite} has no case for task(s) {', '.join(sorted(wanted))}")
     for note in notes:
         log(f"note: {note}")
     log(f"suite {suite}: {len(cases)} cases x seeds {run_seeds} on {device}, {SUITE_THREADS} threads")
@@ -253,7 +269,10 @@ def main(suite: str = "ci", update: bool = False, seeds: str | None = None, refe
 
     reference_data = read_reference(ref_path)
     if not reference_data:
-        log(f"warning: no reference at {ref_path}; create it with harness regress --update --seeds 3")
+        log(f"FAILED    no reference rows at {ref_path}: nothing to check against")
+        print(f"regression check failed: no reference rows at {ref_path}; create them with "
+              f"harness regress --update --seeds 3", file=sys.stderr)
+        return 1
     result = compare(results, reference_data)
     for line in result.passed:
         log(f"ok        {line}")
@@ -263,10 +282,9 @@ def main(suite: str = "ci", update: bool = False, seeds: str | None = None, refe
         log(f"stale     {line}")
     for line in result.failures:
         log(f"FAILED    {line}")
-    failed = bool(result.failures) or (strict and bool(result.unchecked))
-    log(f"{len(result.passed)} passed, {len(result.failures)} failed, {len(result.unchecked)} unchecked"
-        + (" (--strict: unchecked fail)" if strict and result.unchecked else ""))
+    failed = result.failures + result.unchecked  # a case with no reference row is a check that did not happen
+    log(f"{len(result.passed)} passed, {len(result.failures)} failed, {len(result.unchecked)} unchecked "
+        f"(unchecked fail: add their rows with --update)")
     if failed:
-        print("regression check failed: " + "; ".join(result.failures + (result.unchecked if strict else [])),
-              file=sys.stderr)
+        print("regression check failed: " + "; ".join(failed), file=sys.stderr)
     return 1 if failed else 0

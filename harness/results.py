@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from harness.data import atomic_write_bytes
+from harness.errors import HarnessError
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,20 +83,59 @@ def record_filename(record: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(map(str, parts))) + ".json"
 
 
+def ensure_writable(root: str | os.PathLike) -> None:
+    """Fail with one line, before any training, when run records cannot be written under `root`."""
+    runs = Path(root) / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        probe = runs / f".write-test-{os.getpid()}-{secrets.token_hex(3)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(f"results folder {root} is not writable ({exc.strerror or exc}); "
+                           f"choose another --output_path") from exc
+
+
 def write_record(record: dict, root: str | os.PathLike) -> Path:
     record.setdefault("schema", SCHEMA_VERSION)
     path = Path(root) / "runs" / record_filename(record)
-    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=False, default=str) + "\n").encode())
+    try:
+        atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=False, default=str) + "\n").encode())
+    except OSError as exc:
+        raise HarnessError(f"cannot write run record {path}: {exc.strerror or exc}") from exc
     return path
 
 
+# What every reader of a record relies on; a file without these is not a run record.
+_RECORD_FIELDS = {"created": str, "model": str, "preset": str, "task": str, "seed": int, "metrics": dict}
+
+
+def _record_problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    for name, kind in _RECORD_FIELDS.items():
+        if not isinstance(record.get(name), kind):
+            return f"field {name!r} is missing or not a {kind.__name__}"
+    for metric, value in record["metrics"].items():
+        if not isinstance(value, dict) or not isinstance(value.get("value"), (int, float)):
+            return f"metric {metric!r} has no numeric value"
+    return None
+
+
 def load_records(root: str | os.PathLike) -> list[tuple[Path, dict]]:
-    """All readable run records under <root>/runs (unreadable files are reported, not silently dropped)."""
+    """All valid run records under <root>/runs; a file that is unreadable, not JSON or not a record is skipped
+    with a one-line warning naming it (one bad file must not stop the leaderboard, evals or sweeps)."""
     runs = Path(root) / "runs"
     out = []
     for path in sorted(runs.glob("*.json")):
         try:
-            out.append((path, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"warning: skipping unreadable run record {path}: {exc}", file=sys.stderr)
+            record = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or bad JSON
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            problem = _record_problem(record)
+            if problem is None:
+                out.append((path, record))
+                continue
+        print(f"warning: skipping run record {path}: {problem}", file=sys.stderr)
     return out

@@ -21,14 +21,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness import distributed, leaderboard
+from harness import distributed, identity, leaderboard
 from harness.adapter import build_model
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.data import sha256_file
 from harness.errors import HarnessError, TrainingDiverged
 from harness.memory import PeakMemory
 from harness.prefetch import BatchPrefetcher
 from harness.registry import MODELS, OPTIMIZERS, PRESETS, TASKS
-from harness.results import environment, git_info, package_versions, results_root, utc_now, write_record
+from harness.results import (
+    ensure_writable,
+    environment,
+    git_info,
+    package_versions,
+    results_root,
+    utc_now,
+    write_record,
+)
 
 
 @dataclass
@@ -106,10 +115,85 @@ def run_key(cfg: RunConfig, budget, task_info: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def resolve_budget(cfg: RunConfig):
+    """The preset's budget with the command line's overrides; every numeric option is checked here, so the
+    same values fail the same way for every model and task (and for a sweep before any job runs)."""
+    budget = PRESETS.load(cfg.preset).with_overrides(
+        steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr, eval_every=cfg.eval_every,
+        eval_batches=cfg.eval_batches, checkpoint_every=cfg.checkpoint_every)
+    if budget.steps < 0 or budget.batch_size < 1 or budget.seq_len < 2:
+        raise HarnessError("--steps must be >= 0, --batch-size >= 1 and --seq-len >= 2")
+    if not (budget.lr > 0 and math.isfinite(budget.lr)):
+        raise HarnessError(f"--lr must be a finite number > 0, got {budget.lr}")
+    for flag, value in (("--eval-every", budget.eval_every), ("--eval-steps", budget.eval_batches),
+                        ("--checkpoint-every", budget.checkpoint_every), ("--prefetch", cfg.prefetch)):
+        if value < 0:
+            raise HarnessError(f"{flag} must be >= 0, got {value}")
+    if cfg.seed < 0:
+        raise HarnessError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise HarnessError(f"--limit must be >= 1, got {cfg.limit}")
+    return budget
+
+
+def load_task(cfg: RunConfig):
+    """The task with its options; tasks may size themselves by preset (e.g. a BPE vocabulary)."""
+    task_options = {"preset": cfg.preset, **cfg.task_args}
+    build = TASKS.load(TASKS.resolve(cfg.task).name)
+    return build(data_dir=cfg.data_dir, data_file=cfg.data_file, **task_options)
+
+
+def fit_budget(cfg: RunConfig, budget, task):
+    """(effective budget, notes): the task's own budget defaults for this preset (e.g. the recall tasks' CPU
+    budget) where the command line did not set a field, and the training context widened to what the task needs
+    (or set to exactly its length, for tasks whose sequences have one), unless --seq-len set it."""
+    notes = []
+    name = TASKS.resolve(cfg.task).name
+    defaults = task.budget_defaults(cfg.preset) if hasattr(task, "budget_defaults") else {}
+    explicit = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "eval_every": cfg.eval_every,
+                "eval_batches": cfg.eval_batches, "checkpoint_every": cfg.checkpoint_every}
+    taken = {k: v for k, v in defaults.items() if explicit.get(k) is None}
+    if taken:
+        budget = budget.with_overrides(**taken)
+        notes.append(f"task {name}'s budget for preset {cfg.preset}: "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(taken.items())))
+    preferred = getattr(task, "preferred_seq_len", None)
+    exact = getattr(task, "exact_seq_len", False)
+    if cfg.seq_len is None and preferred and (preferred > budget.seq_len or (exact and preferred != budget.seq_len)):
+        notes.append(f"training context {'set' if exact else 'widened'} from the preset's {budget.seq_len} to the "
+                     f"{preferred} tokens task {name} needs")
+        budget = budget.with_overrides(seq_len=preferred)
+    return budget, notes
+
+
+def device_type(name: str) -> str:
+    """cpu or cuda for a --device value, without failing where CUDA is absent (a sweep may plan elsewhere)."""
+    return "cuda" if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def precision(device_kind: str, amp: bool) -> str:
+    return "bfloat16-autocast" if device_kind == "cuda" and amp else "float32"
+
+
+def config_identity(cfg: RunConfig, budget, task_info: dict, device_kind: str) -> str:
+    """The configuration identity (harness/identity.py) of this run as recorded: seed excluded."""
+    return identity.from_run(cfg, budget, task_info, steps=0 if cfg.checkpoint else budget.steps,
+                             limit=cfg.limit if cfg.limit is not None else budget.eval_limit,
+                             dtype=precision(device_kind, cfg.amp))
+
+
+def write_checkpoint(path: Path, payload: dict) -> None:
+    try:
+        save_checkpoint(path, payload)
+    except OSError as exc:
+        raise HarnessError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+
+
 @torch.no_grad()
-def validation_metrics(model, task, budget, device, autocast) -> tuple[float, float]:
+def validation_metrics(model, task, budget, device, autocast) -> tuple[float | None, float | None]:
     """(cross-entropy per target token, next-token accuracy) of the model's own predictions on the fixed
-    validation batches (deep-supervision or aux terms are not part of it, so models compare like for like)."""
+    validation batches (deep-supervision or aux terms are not part of it, so models compare like for like);
+    (None, None) when nothing was measured (--eval-steps 0), never a made-up 0."""
     model.eval()
     nll, correct, count = 0.0, 0, 0
     for i in range(budget.eval_batches):
@@ -122,13 +206,31 @@ def validation_metrics(model, task, budget, device, autocast) -> tuple[float, fl
         correct += ((logits.argmax(-1) == targets) & mask).sum().item()
         count += mask.sum().item()
     model.train()
-    return nll / max(count, 1), correct / max(count, 1)
+    if not count:
+        return None, None
+    return nll / count, correct / count
+
+
+def tokenizer_identity(task) -> dict:
+    """The checkpoint's tokenizer: a spec load_tokenizer reads ('bytes' or a path; None when neither) and the
+    file's sha256, so the lm-eval bridge can refuse a different tokenizer of the same vocabulary size."""
+    path = getattr(task, "tokenizer_path", None)
+    if path:
+        return {"tokenizer": str(Path(path).resolve()),
+                "tokenizer_sha256": sha256_file(path) if Path(path).is_file() else None}
+    return {"tokenizer": "bytes" if task.vocab_size == 256 else None, "tokenizer_sha256": None}
 
 
 def run(cfg: RunConfig) -> tuple[dict, Path]:
     """Train (or load) and score one model on one task; returns the record and where it was written."""
+    progress: dict = {}  # filled in as the run goes: where its checkpoint is
     with PeakMemory(resolve_device(cfg.device)) as peak:
-        record, main_rank = _train_and_score(cfg)
+        try:
+            record, main_rank = _train_and_score(cfg, progress)
+        except KeyboardInterrupt as exc:  # the CLI prints the resume command when a checkpoint exists
+            ckpt = progress.get("checkpoint")
+            exc.checkpoint = str(ckpt) if ckpt is not None and Path(ckpt).is_file() else None
+            raise
     record["peak_memory_mb"] = round(peak.megabytes, 1)
     record["peak_memory_kind"] = "cuda max allocated" if peak.device.type == "cuda" else "sampled process RSS"
     if not main_rank:  # rank 0 alone writes the record and the leaderboard
@@ -140,32 +242,28 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
     return record, path
 
 
-def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
+def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict, bool]:
     wall_start = time.perf_counter()
     # Resolve every name first, so a typo fails before any data is read.
     model_name, task_name = MODELS.resolve(cfg.model).name, TASKS.resolve(cfg.task).name
     optimizer_name = OPTIMIZERS.resolve(cfg.optimizer).name
-    budget = PRESETS.load(cfg.preset).with_overrides(
-        steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr, eval_every=cfg.eval_every,
-        eval_batches=cfg.eval_batches, checkpoint_every=cfg.checkpoint_every)
-    if budget.steps < 0 or budget.batch_size < 1 or budget.seq_len < 2:
-        raise HarnessError("--steps must be >= 0, --batch-size >= 1 and --seq-len >= 2")
-    if cfg.prefetch < 0:
-        raise HarnessError(f"--prefetch must be >= 0 (batches built ahead), got {cfg.prefetch}")
+    budget = resolve_budget(cfg)
     device = resolve_device(cfg.device)
     dctx, device = distributed.setup(device, cfg.preset, cfg.fsdp)
     main_rank = dctx.is_main
     root = results_root(cfg.output_path)
     notes: list[str] = []
 
-    task_options = {"preset": cfg.preset, **cfg.task_args}  # tasks may size themselves by preset (e.g. BPE vocab)
-    task = TASKS.load(task_name)(data_dir=cfg.data_dir, data_file=cfg.data_file, **task_options)
-    preferred = getattr(task, "preferred_seq_len", None)
-    if cfg.seq_len is None and preferred and preferred > budget.seq_len:
-        notes.append(f"training context widened from the preset's {budget.seq_len} to the {preferred} tokens "
-                     f"task {task_name} needs")
-        budget = budget.with_overrides(seq_len=preferred)
+    if main_rank:
+        ensure_writable(root)  # before training: an unwritable results folder must not cost trained weights
+    task = load_task(cfg)
+    budget, widened = fit_budget(cfg, budget, task)
+    notes += widened
     task_info = task.describe()
+    if budget.steps and not cfg.checkpoint:  # a split too small for a batch fails now, not after training
+        task.train_batch(0, 1, budget.seq_len, cfg.seed)
+        if budget.eval_batches:
+            task.val_batch(0, 1, budget.seq_len)
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, cfg.preset, task.vocab_size, cfg.model_args).to(device)
     n_params = model.num_parameters()
@@ -183,7 +281,10 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
     train_model = torch.compile(train_model) if cfg.compile else train_model
 
     key = run_key(cfg, budget, task_info)
+    config_id = config_identity(cfg, budget, task_info, device.type)
     ckpt_path = root / "checkpoints" / f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}.pt"
+    if progress is not None and budget.steps and not cfg.checkpoint:  # a run that trains can be resumed
+        progress["checkpoint"] = ckpt_path
     history: dict = {"train": [], "val": []}
     start_step, resumed_from = 0, None
     steps = budget.steps
@@ -218,14 +319,14 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
         if main_rank:
             print(f"resuming from step {start_step} of {ckpt_path}")
 
-    def checkpoint_payload(step: int, final: bool = False) -> dict:
+    def checkpoint_payload(step: int, final: bool = False, rng: dict | None = None) -> dict:
         payload = {"model": distributed.model_state(dctx, model), "model_name": model_name, "preset": cfg.preset,
                    "vocab_size": task.vocab_size, "overrides": cfg.model_args,
-                   "tokenizer": getattr(task, "tokenizer_path", None) or task_info.get("tokenizer"), "step": step, "history": history,
-                   "run_config": asdict(cfg)}
+                   **tokenizer_identity(task), "seq_len": budget.seq_len, "step": step, "history": history,
+                   "run_config": asdict(cfg)}  # seq_len: the effective context; run_config has the flag
         if not final:
             payload.update(optimizer=distributed.optimizer_state(dctx, model, optimizer),
-                           scheduler=scheduler.state_dict(), rng=rng_state())
+                           scheduler=scheduler.state_dict(), rng=rng or rng_state())
         return payload
 
     # ---------------------------------------------------------------- training
@@ -237,6 +338,10 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
                disable=not cfg.progress or steps == 0 or not main_rank, dynamic_ncols=True)
     batches = BatchPrefetcher(lambda i: task.train_batch(i, budget.batch_size, budget.seq_len, cfg.seed),
                               start_step, steps, depth=cfg.prefetch, device=device)
+    # A periodic checkpoint of step N is written only once step N+1's loss proved its weights finite (until
+    # then the model, optimizer and scheduler still hold step N's state; the RNG state is kept aside), so the
+    # "last good checkpoint" named after a NaN never holds the diverged weights.
+    pending = None  # (step, rng state) of the checkpoint waiting for that proof
     t0 = time.perf_counter()  # a step's time includes waiting for its batch
     for step, inputs, targets in batches:
         bar.update()
@@ -251,6 +356,13 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
         if not finite or not torch.isfinite(loss):
             last = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
             raise TrainingDiverged(f"loss became {loss.item()} at step {step}; {last} (try a lower --lr)")
+        if pending is not None:
+            saving = time.perf_counter()
+            payload = checkpoint_payload(pending[0], rng=pending[1])  # under FSDP a collective: all ranks
+            if main_rank:
+                write_checkpoint(ckpt_path, payload)
+            t0 += time.perf_counter() - saving  # checkpoints are not training time
+            pending = None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if budget.grad_clip:
@@ -270,25 +382,27 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
         done = step + 1
         if budget.eval_every and done % budget.eval_every == 0 and done < steps:
             val, acc = validation_metrics(model, task, budget, device, autocast)
-            history["val"].append([done, round(val, 6), round(acc, 6)])
-            if main_rank:
-                bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
+            if val is not None:
+                history["val"].append([done, round(val, 6), round(acc, 6)])
+                if main_rank:
+                    bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
             if hasattr(optimizer, "meta_update") and getattr(optimizer, "mode", None) == "explicit":
                 optimizer.meta_update(val_batch=task.val_batch(0, budget.batch_size, budget.seq_len),
                                       train_batches=list(recent), use_unrolled=True)
         if budget.checkpoint_every and done % budget.checkpoint_every == 0 and done < steps:
-            payload = checkpoint_payload(done)  # a collective under FSDP: every rank gathers
-            if main_rank:
-                save_checkpoint(ckpt_path, payload)
+            pending = (done, rng_state())
         t0 = time.perf_counter()  # evaluation and checkpoints are not training time
     bar.close()
 
     if steps and start_step < steps:
         val, acc = validation_metrics(model, task, budget, device, autocast)
-        history["val"].append([steps, round(val, 6), round(acc, 6)])
+        if val is not None:
+            history["val"].append([steps, round(val, 6), round(acc, 6)])
+        else:
+            notes.append("validation not measured (--eval-steps 0): no validation loss or accuracy recorded")
         payload = checkpoint_payload(steps, final=False)
         if main_rank:
-            save_checkpoint(ckpt_path, payload)
+            write_checkpoint(ckpt_path, payload)
 
     # ---------------------------------------------------------------- scoring
     eval_start = time.perf_counter()
@@ -301,9 +415,11 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
     else:
         notes.append("not scored on the test split (--no-test)")
     eval_time = time.perf_counter() - eval_start
+    task_info = {**task_info, **task.describe()}  # what evaluate() found (the early copy keyed the run)
 
     record = {
-        "run_id": key, "created": utc_now(), "model": model_name, "preset": cfg.preset, "params": n_params,
+        "run_id": key, "config_id": config_id,
+        "created": utc_now(), "model": model_name, "preset": cfg.preset, "params": n_params,
         "task": task_name, "primary_metric": task.primary_metric,
         "metrics": {name: m.to_dict() for name, m in metrics.items()},
         "optimizer": optimizer_name, "optimizer_args": cfg.optimizer_args, "seed": cfg.seed,
@@ -329,5 +445,8 @@ def _train_and_score(cfg: RunConfig) -> tuple[dict, bool]:
     if hasattr(optimizer, "report"):
         record["optimizer_report"] = optimizer.report()
     if hasattr(task, "artifacts"):
-        record["artifacts"] = [str(p) for p in task.artifacts(record, root)]
+        try:
+            record["artifacts"] = [str(p) for p in task.artifacts(record, root)]
+        except OSError as exc:
+            raise HarnessError(f"cannot write the task's plots under {root}: {exc.strerror or exc}") from exc
     return record, True

@@ -1,8 +1,9 @@
 """Sweeps: every model x task x seed as its own job, locally in a process pool or on Slurm through submitit.
 
-Each job is one `runner.run` and writes its own record. A job is finished when a record with its run id
-(`runner.run_key`: what determines the weights) exists under <results>/runs, so rerunning a sweep skips finished
-jobs and runs only the rest (interrupted jobs also pick up their last checkpoint: jobs run with resume=True).
+Each job is one `runner.run` and writes its own record. A job is finished when a record with its
+configuration identity (harness/identity.py, as the runner records it) and seed exists under <results>/runs,
+so rerunning a sweep skips finished jobs and runs only the rest (interrupted jobs also pick up their last
+checkpoint: jobs run with resume=True).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
+from harness import identity
 from harness.errors import HarnessError
 from harness.registry import MODELS, PRESETS, TASKS
 from harness.results import load_records, results_root
@@ -52,26 +54,28 @@ def expand(models, tasks, seeds, base):
     return configs
 
 
-def job_key(cfg) -> str:
-    """The run id the job's record will carry (reads the task's data for its checksum)."""
-    from harness.runner import run_key
+def job_identity(cfg) -> str:
+    """The configuration identity the job's record will carry (harness/identity.py), computed the runner's
+    way: the same budget resolution, task options and the task's widening of the training context (reads the
+    task's data for its checksum)."""
+    from harness.runner import config_identity, device_type, fit_budget, load_task, resolve_budget
 
-    budget = PRESETS.load(cfg.preset).with_overrides(
-        steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr, eval_every=cfg.eval_every,
-        eval_batches=cfg.eval_batches, checkpoint_every=cfg.checkpoint_every)
-    task = TASKS.load(cfg.task)(data_dir=cfg.data_dir, data_file=cfg.data_file, **cfg.task_args)
-    return run_key(cfg, budget, task.describe())
+    budget = resolve_budget(cfg)
+    task = load_task(cfg)
+    budget, _ = fit_budget(cfg, budget, task)
+    return config_identity(cfg, budget, task.describe(), device_type(cfg.device))
 
 
 def pending(configs) -> tuple[list, list]:
-    """(jobs still to run, jobs already finished), by run id against the records under each output root."""
+    """(jobs still to run, jobs already finished): a job is finished when a record of its configuration
+    identity and seed exists under its output root."""
     done_ids: dict[Path, set] = {}
     todo, done = [], []
     for cfg in configs:
         root = results_root(cfg.output_path)
         if root not in done_ids:
-            done_ids[root] = {rec.get("run_id") for _, rec in load_records(root)}
-        (done if job_key(cfg) in done_ids[root] else todo).append(cfg)
+            done_ids[root] = {(identity.from_record(rec), rec["seed"]) for _, rec in load_records(root)}
+        (done if (job_identity(cfg), cfg.seed) in done_ids[root] else todo).append(cfg)
     return todo, done
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from harness.errors import DataError
+from harness.errors import DataError, HarnessError
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,13 @@ class StreamTask(Task):
 
     def val_batch(self, index, batch_size, seq_len):
         return self._windows("valid", np.random.default_rng([0x5EED, index]), batch_size, seq_len)
+
+
+def reject_unknown_options(task: str, unknown: dict, accepted) -> None:
+    """One-line error for task options a task does not take (never silently ignored)."""
+    if unknown:
+        raise HarnessError(f"unknown option(s) {', '.join(sorted(unknown))} for task {task}; accepted: "
+                           f"{', '.join(accepted) or 'none'}")
 
 
 def random_windows(stream: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int, what: str):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from harness.data import cache_dir, data_dirs, download, sha256_bytes
 from harness.errors import DataError
-from tasks.base import Metric, StreamTask
+from tasks.base import Metric, StreamTask, reject_unknown_options
 from tasks.metrics import LN2, ratio_with_stderr
 
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
@@ -159,7 +159,8 @@ class ByteLMTask(StreamTask):
 class Enwik8Task(ByteLMTask):
     name = "enwik8"
 
-    def __init__(self, data_dir=None, **_ignored):
+    def __init__(self, data_dir=None, data_file=None, preset=None, **unknown):
+        reject_unknown_options(self.name, unknown, ("data_dir",))
         data, found = load_enwik8(data_dir)
         super().__init__(*split_enwik8(data), {"source": "enwik8", "sha256": ENWIK8_SHA256, **found,
                                                "split": "90M/5M/5M (standard)"})
@@ -168,7 +169,8 @@ class Enwik8Task(ByteLMTask):
 class BytesTask(ByteLMTask):
     name = "bytes"
 
-    def __init__(self, data_file=None, data_dir=None, **_ignored):
+    def __init__(self, data_file=None, data_dir=None, preset=None, **unknown):
+        reject_unknown_options(self.name, unknown, ("data_file",))
         if data_file is None:
             raise DataError("task 'bytes' needs --data-file PATH (a text file or a folder of .txt files), "
                             "e.g. --data-file ../shared/data/pg19")

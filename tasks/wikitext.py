@@ -33,7 +33,7 @@ import numpy as np
 
 from harness.data import atomic_write_bytes, cache_dir, data_dirs, sha256_bytes
 from harness.errors import DataError, HarnessError
-from tasks.base import Metric, StreamTask
+from tasks.base import Metric, StreamTask, reject_unknown_options
 from tasks.doc_scoring import rolling_windows, score_items
 from tasks.metrics import LN2, ratio_with_stderr
 from tasks.tokenizer import cached_bpe, load_tokenizer
@@ -146,7 +146,9 @@ class WikiTextTask(StreamTask):
 
     def __init__(self, data_dir=None, source: str = "auto", train_split: str = "auto", tokenizer: str = "bpe",
                  vocab_size: int | None = None, preset: str | None = None, detokenize: bool = True,
-                 prefix_token: int | None = None, **_ignored):
+                 prefix_token: int | None = None, data_file=None, **unknown):
+        reject_unknown_options(self.name, unknown, ("data_dir", "source", "train_split", "tokenizer",
+                                                    "vocab_size", "detokenize", "prefix_token"))
         if source not in ("auto", "local", "hf"):
             raise HarnessError(f"{self.name}: source={source!r}; accepted: auto, local, hf")
         if train_split not in ("auto", "train", "valid"):

@@ -225,8 +225,8 @@ def test_source_selection(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
-    task = BabilongTask(samples=1)  # auto, offline, no data dir
-    assert task.describe()["source"] == "generator" and "HF_HUB_OFFLINE" in task.describe()["source_choice"]
+    task = BabilongTask(samples=1)  # auto, no data dir
+    assert task.describe()["source"] == "generator" and task.describe()["source_choice"].startswith("auto")
     with pytest.raises(DataError, match="builder needs"):
         BabilongTask(source="builder", data_dir=str(tmp_path))
     with pytest.raises(HarnessError):
@@ -240,6 +240,39 @@ def test_source_selection(monkeypatch, tmp_path):
         assert task.describe()["source"] == "builder"
         assert "Punkt" in task.describe()["source_sentence_splitter"] or "regex" in task.describe()[
             "source_sentence_splitter"]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connect and name lookup is recorded and fails loudly (not as an OSError a probe would
+    swallow)."""
+    import socket
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError(f"network call {args!r}")
+
+    for name in ("getaddrinfo", "create_connection", "gethostbyname"):
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return calls
+
+
+def test_the_default_source_makes_no_network_call(monkeypatch, no_network, capsys):
+    from tasks.babilong.sources import HFSource
+    from tasks.babilong.task import BabilongTask
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HARNESS_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)  # online as far as the environment says
+    task = BabilongTask(samples=1)  # what `harness eval --task babilong` builds
+    task.train_batch(0, 2, 256, seed=0)
+    assert task.describe()["source"] == "generator" and "source=hf" in task.describe()["source_choice"]
+    assert "source generator" in capsys.readouterr().err  # the choice is printed as well as recorded
+    assert isinstance(BabilongTask(source="hf", samples=1).source, HFSource)  # the Hub only when asked for
+    assert no_network == []
 
 
 def test_train_batches_are_deterministic_and_train_only_the_answer():

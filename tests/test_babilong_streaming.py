@@ -275,3 +275,23 @@ def test_evaluate_records_the_one_sample_path_for_window_and_unbatchable_models(
     for bad in (0, "many"):
         with pytest.raises(HarnessError, match="eval_batch"):
             BabilongTask(source="generator", eval_batch=bad)
+
+
+def test_a_smaller_pool_than_asked_is_warned_and_recorded(monkeypatch, capsys):
+    """Issue 16: a source with fewer stories than `samples` scored fewer without saying so."""
+    task = BabilongTask(source="generator", tasks="qa1", lengths="0k", samples=3)
+    full = task.source.eval_samples
+    monkeypatch.setattr(task.source, "eval_samples", lambda *a: full(*a)[:1])  # a pool of one story
+    metrics = task.evaluate(RunningMeanLM(), device=torch.device("cpu"), seq_len=64, batch_size=1,
+                            progress=False)
+    assert metrics["acc/qa1/0k"].n == 1 and task.describe()["evaluation"]["samples_scored"] == {"qa1/0k": 1}
+    assert any("1 samples scored, 3 asked" in note for note in task.describe()["eval_notes"])
+    assert "warning: BABILong qa1/0k: 1 samples scored, 3 asked" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, named", [({"lengths": "0k,0k"}, "lengths"),
+                                            ({"lengths": "1k,1000"}, "lengths"),
+                                            ({"tasks": "qa1,qa2,qa1"}, "tasks")])
+def test_duplicate_lengths_or_tasks_are_rejected(options, named):
+    with pytest.raises(HarnessError, match=f"BABILong {named} .*(twice|more than once)"):
+        BabilongTask(source="generator", **options)

@@ -40,7 +40,7 @@ def test_ddp_and_fsdp_equal_a_single_process(tmp_path, small_text):
                               checkpoint_every=0, model_args={"depth": "2", "dim": "32", "heads": "2"},
                               device="cpu", data_file=str(small_text), output_path=str(tmp_path / "single"),
                               progress=False, update_leaderboard=False))
-    want = torch.load(single["checkpoint"], weights_only=False)["model"]
+    want = torch.load(single["checkpoint"], weights_only=True)["model"]
     for strategy, extra in (("ddp", ()), ("fsdp2", ("--fsdp",))):
         rec = torchrun(tmp_path / strategy, small_text, *extra)
         assert rec["distributed"]["strategy"] == strategy and rec["distributed"]["world_size"] == 2
@@ -48,7 +48,7 @@ def test_ddp_and_fsdp_equal_a_single_process(tmp_path, small_text):
         for (s1, ce1, _), (s2, ce2, _) in zip(single["training"]["curve"], rec["training"]["curve"], strict=True):
             assert s1 == s2 and ce1 == pytest.approx(ce2, abs=1e-5), strategy
         assert rec["metrics"]["bpb"]["value"] == pytest.approx(single["metrics"]["bpb"]["value"], abs=1e-5)
-        got = torch.load(rec["checkpoint"], weights_only=False)["model"]  # a full, unsharded state dict
+        got = torch.load(rec["checkpoint"], weights_only=True)["model"]  # a full, unsharded state dict
         assert set(got) == set(want)
         assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want), strategy
 

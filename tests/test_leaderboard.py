@@ -58,3 +58,56 @@ def test_concurrent_writers_lose_no_rows(tmp_path):
     assert got == {("model0", "6"), ("model1", "6")}
     assert len(list((tmp_path / "runs").glob("*.json"))) == 12
     assert all(json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json"))
+
+
+def test_configurations_are_not_averaged_and_a_seed_counts_once(tmp_path):
+    """Issue 16: runs at lr 3e-3 and 1e-5 were one row, and a --resume of a finished run added its seed
+    again."""
+    def at(lr, value, created, steps=10):
+        rec = record(value=value, created=created)
+        budget = {"steps": steps, "batch_size": 4, "seq_len": 16, "lr": lr, "warmup_steps": 1}
+        rec["training"] = {"steps": steps, "tokens_seen": 640, "lr": lr, "budget": budget}
+        return rec  # no config_id: records written before it existed derive it from their fields
+
+    write_record(at(3e-3, 7.0, "2026-11-23T00:00:00Z"), tmp_path)
+    write_record(at(3e-3, 7.0, "2026-11-23T00:01:00Z"), tmp_path)  # seed 0 again (a resumed finished run)
+    write_record(at(1e-5, 7.8, "2026-11-23T00:02:00Z"), tmp_path)
+    rebuild(tmp_path)
+    got = sorted((float(r["lr"]), r["n_seeds"], r["seeds"], float(r["value"])) for r in rows(tmp_path))
+    assert got == [(1e-5, "1", "0", 7.8), (3e-3, "1", "0", 7.0)]
+    assert len({r["config_id"] for r in rows(tmp_path)}) == 2
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "7 ± 0.01" in md and "7.8 ± 0.01" in md and "(n=" not in md
+
+    write_record(at(3e-3, 6.5, "2026-11-23T00:03:00Z", steps=20), tmp_path)  # differs only in steps
+    rebuild(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "6.5 ± 0.01" in md and "7 ± 0.01" in md and "7.8 ± 0.01" in md  # no group disappears
+
+
+def test_newest_record_of_a_seed_wins_and_stored_config_id_groups(tmp_path):
+    old = dict(record(value=2.0, created="2026-11-23T00:00:00Z"), config_id="cfgA")
+    new = dict(record(value=1.0, created="2026-11-24T00:00:00Z"), config_id="cfgA")
+    other = dict(record(seed=1, value=3.0), config_id="cfgA")
+    for rec in (new, old, other):
+        write_record(rec, tmp_path)
+    rebuild(tmp_path)
+    (row,) = rows(tmp_path)
+    assert row["n_seeds"] == "2" and float(row["value"]) == pytest.approx(2.0) and row["config_id"] == "cfgA"
+
+
+def test_bad_record_files_are_skipped_with_a_warning(tmp_path, capsys):
+    write_record(record(), tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "empty.json").write_text("{}")
+    (runs / "list.json").write_text("[1, 2]")
+    (runs / "bytes.json").write_bytes(b"\xff\xfe\x00garbage")
+    no_created = record(model="x")
+    del no_created["created"]
+    (runs / "nocreated.json").write_text(json.dumps(no_created))
+    rebuild(tmp_path)
+    assert [r["model"] for r in rows(tmp_path)] == ["m"]
+    err = capsys.readouterr().err
+    for name in ("empty.json", "list.json", "bytes.json", "nocreated.json"):
+        hits = [line for line in err.splitlines() if name in line and line.startswith("warning: skipping")]
+        assert len(hits) == 1, err

@@ -16,9 +16,9 @@ from harness.adapter import build_model
 from harness.errors import HarnessError
 from harness.lm_eval_bridge import HarnessLM, main
 try:  # `python -m pytest` puts the repo root on sys.path; plain `pytest` puts tests/ there
-    from tests.test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob
+    from tests.test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob, write_articles
 except ImportError:
-    from test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob
+    from test_wikitext import SHARED, ToyGRU, needs_wt2, reference_logprob, write_articles
 
 DOCS = [
     {"text": "The cat sat on the mat. It was a sunny day.", "question": "Q: 2+2 =", "choices": [" 4", " 5", " 22"],
@@ -49,14 +49,27 @@ def request(kind, *args):
     return Instance(request_type=kind, doc={}, arguments=args, idx=0)
 
 
-def save_checkpoint(path, model, name, vocab_size, tokenizer=None, seq_len=None):
-    """The runner's checkpoint format (the keys the bridge documents)."""
-    ckpt = {"model": model.state_dict(), "model_name": name, "preset": "tiny", "vocab_size": vocab_size,
-            "overrides": {}, "tokenizer": tokenizer}
-    if seq_len is not None:
-        ckpt["seq_len"] = seq_len
-    torch.save(ckpt, path)
-    return path
+SMALL = {"depth": "1", "dim": "32", "heads": "2"}
+
+
+def runner_checkpoint(out: Path, **kw) -> tuple[str, dict]:
+    """(path, record) of a checkpoint written by the runner itself after 2 training steps: what `harness
+    lm-eval --model_args checkpoint=results/checkpoints/RUN.pt` is given."""
+    from harness.runner import RunConfig, run
+
+    cfg = {"model": "transformer-pp", "task": "bytes", "steps": 2, "batch_size": 2, "seq_len": 32,
+           "limit": 256, "eval_every": 0, "model_args": SMALL, "output_path": str(out), "progress": False,
+           "update_leaderboard": False, **kw}
+    record, _ = run(RunConfig(**cfg))
+    return record["checkpoint"], record
+
+
+def trained_model(path):
+    """The checkpoint's model rebuilt by hand: the reference the bridge's model is compared with."""
+    ckpt = torch.load(path, weights_only=True)
+    model = build_model(ckpt["model_name"], ckpt["preset"], ckpt["vocab_size"], ckpt["overrides"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
 
 
 def write_task(folder: Path, name: str, body: str, data_file: Path) -> None:
@@ -135,25 +148,49 @@ def test_window_model_loglikelihood_truncates_like_hflm():
 
 # -- construction from model_args and checkpoints ----------------------------------------------------------------
 
-def test_checkpoint_round_trip_and_bad_arguments(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("transformer-pp", "tiny", 256)
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, "transformer-pp", 256, seq_len=32)
+def test_checkpoint_round_trip_and_bad_arguments(tmp_path, small_text):
+    path, record = runner_checkpoint(tmp_path, data_file=str(small_text), seq_len=48)
+    model = trained_model(path)
     lm = HarnessLM.create_from_arg_string(f"checkpoint={path}")
-    assert lm.max_length == 32 and lm.tok.vocab_size == 256
+    assert lm.max_length == 48 == record["training"]["seq_len"]  # the training context, not the preset's 128
+    assert lm.tok.kind == "bytes" and lm.tok.vocab_size == 256
     assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(), model.state_dict().values()))
     fresh = HarnessLM.create_from_arg_string("name=tpp,preset=tiny,cfg.depth=1")
     assert fresh.max_length == 128 and fresh.model.config.depth == 1  # the tiny preset's seq_len
     for bad in (f"name=titans-nope,checkpoint={path}", f"checkpoint={tmp_path / 'missing.pt'}", "name=tpp,colour=red",
+                f"name=gated-deltanet,checkpoint={path}",
                 "preset=tiny", "name=tpp,dtype=float8", "name=tpp,max_length=99999"):
         with pytest.raises(HarnessError):
             HarnessLM.create_from_arg_string(bad)
 
 
+def test_a_tokenizer_other_than_the_checkpoints_is_refused(tmp_path):
+    """Same vocabulary size is not the same tokenizer: a BPE checkpoint scored with bytes, or with another BPE
+    of its size, is refused in one line; the same file elsewhere is accepted."""
+    import shutil
+
+    from tasks.tokenizer import cached_bpe
+
+    write_articles(tmp_path / "wikitext-2")
+    path, _ = runner_checkpoint(tmp_path / "results", task="wikitext2", data_dir=str(tmp_path),
+                                task_args={"vocab_size": 300, "train_split": "valid"})
+    lm = HarnessLM.create_from_arg_string(f"checkpoint={path}")
+    assert lm.tok.kind != "bytes" and lm.tok.vocab_size == 300 and lm.max_length == 32
+    saved = torch.load(path, weights_only=True)["tokenizer"]
+    copy = shutil.copy(saved, tmp_path / "copy.json")
+    assert HarnessLM.create_from_arg_string(f"checkpoint={path},tokenizer={copy}").tok.vocab_size == 300
+    other = cached_bpe([f"other text number {i}, about cats and the sea. " * 20 for i in range(50)], 300,
+                       tmp_path / "other-bpe")
+    for spec in ("bytes", other.path):
+        with pytest.raises(HarnessError, match="trained with") as err:
+            HarnessLM.create_from_arg_string(f"checkpoint={path},tokenizer={spec}")
+        assert len(str(err.value).splitlines()) == 1
+
+
 # -- lm-eval end to end, offline ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_simple_evaluate_offline_on_local_custom_tasks(tmp_path):
+def test_simple_evaluate_offline_on_local_custom_tasks(tmp_path, small_text):
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
     write_task(tmp_path, "toy_rolling", """\
@@ -182,9 +219,9 @@ def test_simple_evaluate_offline_on_local_custom_tasks(tmp_path):
         metric_list:
           - metric: exact_match
         """, data)
-    torch.manual_seed(0)
-    model = build_model("transformer-pp", "tiny", 256)
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, "transformer-pp", 256)
+    # the tiny preset's own model, trained 2 steps by the runner
+    path, _ = runner_checkpoint(tmp_path / "results", data_file=str(small_text), model_args={})
+    model = trained_model(path)
     out = run_lm_eval("harness", tmp_path, ["toy_rolling", "toy_mc", "toy_gen"], f"checkpoint={path},max_length=64")
     res = out["results"]
     # each document fits one window of 64 bytes, so lm-eval's rolling score is one full-sequence call
@@ -230,9 +267,10 @@ def test_wikitext_scores_equal_lm_eval_rolling_loglikelihood_through_the_bridge(
           - metric: byte_perplexity
           - metric: bits_per_byte
         """, data)
-    torch.manual_seed(0)
-    window_model = build_model("transformer-pp", "tiny", task.vocab_size)
-    path = save_checkpoint(tmp_path / "tpp.pt", window_model, "transformer-pp", task.vocab_size, task.tokenizer_path)
+    path, _ = runner_checkpoint(tmp_path / "results", task="wikitext2", data_dir=str(tmp_path), steps=1,
+                                model_args={}, task_args={"vocab_size": 512, "train_split": "valid"})
+    assert torch.load(path, weights_only=True)["tokenizer"] == str(Path(task.tokenizer_path).resolve())
+    window_model = trained_model(path)
     torch.manual_seed(0)
     state_model = ToyGRU(task.vocab_size, 16)
     runs = [(window_model, "harness", f"checkpoint={path},max_length={seq_len},batch_size=8"),
@@ -245,7 +283,7 @@ def test_wikitext_scores_equal_lm_eval_rolling_loglikelihood_through_the_bridge(
 
 
 @pytest.mark.slow
-def test_main_runs_lm_evals_cli_with_the_harness_model_registered(tmp_path, capsys, monkeypatch):
+def test_main_runs_lm_evals_cli_with_the_harness_model_registered(tmp_path, small_text, capsys, monkeypatch):
     import functools
 
     import lm_eval.tasks
@@ -262,7 +300,9 @@ def test_main_runs_lm_evals_cli_with_the_harness_model_registered(tmp_path, caps
         metric_list:
           - metric: word_perplexity
         """, data)
-    main(["run", "--model", "harness", "--model_args", "name=tpp,preset=tiny,max_length=32", "--tasks", "toy_cli",
+    path, _ = runner_checkpoint(tmp_path / "results", data_file=str(small_text))
+    main(["run", "--model", "harness", "--model_args", f"checkpoint={path},max_length=32",
+          "--tasks", "toy_cli",
           "--include_path", str(tmp_path), "--device", "cpu", "--batch_size", "2"])
     table = capsys.readouterr().out
     assert re.search(r"\|toy_cli\s*\|.*\|word_perplexity\|", table), table

@@ -152,7 +152,7 @@ def test_state_dict_round_trip_continues_identically(name, options):
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
     buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = torch.load(buf, weights_only=True)  # as the harness loads checkpoints
 
     model2, opt2 = make(name, options, seed=123)  # different init: everything must come from the checkpoint
     sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, schedule)

@@ -12,6 +12,7 @@ from harness import runner as runner_mod
 from harness.cli import cli, main
 from harness.errors import HarnessError, TrainingDiverged
 from harness.runner import RunConfig, run
+from tasks.bytelevel import BytesTask, Enwik8Task
 
 FAST = dict(model="transformer-pp", task="bytes", preset="tiny", batch_size=4, seq_len=32, limit=2048,
             eval_every=0, model_args={"depth": "1", "dim": "32", "heads": "2"}, progress=False)
@@ -60,8 +61,8 @@ def test_resume_is_bit_identical(tmp_path, small_text, monkeypatch):
     assert resumed["training"]["resumed_from_step"] == 5
     assert resumed["training"]["curve"] == full["training"]["curve"]
     assert resumed["metrics"]["bpb"]["value"] == full["metrics"]["bpb"]["value"]
-    a = torch.load(full["checkpoint"], weights_only=False)["model"]
-    b = torch.load(resumed["checkpoint"], weights_only=False)["model"]
+    a = torch.load(full["checkpoint"], weights_only=True)["model"]
+    b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -78,7 +79,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_text, mon
     with pytest.raises(TrainingDiverged, match="at step 6.*last good checkpoint") as err:
         run(config(tmp_path, small_text, steps=10, checkpoint_every=3))
     ckpt = str(err.value).split("checkpoint is ")[1].split(" (")[0]
-    assert torch.load(ckpt, weights_only=False)["step"] == 6
+    # step 6's weights gave the NaN: its checkpoint is never written (only once step 7's loss is finite)
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
     assert not list((tmp_path / "results" / "runs").glob("*.json"))  # no record for a failed run
 
 
@@ -113,3 +115,73 @@ def test_corrupt_checkpoint_is_reported(tmp_path, small_text):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(HarnessError, match="cannot read checkpoint"):
         run(config(tmp_path, small_text, checkpoint=str(bad)))
+
+
+def test_nan_stop_names_a_checkpoint_whose_weights_give_a_finite_loss(tmp_path, small_text, monkeypatch):
+    """Issue 16: the checkpoint named after a NaN held the diverged weights (saved before the next loss was
+    checked). A learning rate that explodes at step 3 makes step 4's weights diverge."""
+    monkeypatch.setattr(runner_mod, "cosine_schedule", lambda *a: (lambda step: 1.0 if step < 3 else 1e30))
+    with pytest.raises(TrainingDiverged, match="at step 4.*last good checkpoint") as err:
+        run(config(tmp_path, small_text, steps=10, checkpoint_every=2))
+    payload = torch.load(str(err.value).split("checkpoint is ")[1].split(" (")[0], weights_only=True)
+    model = runner_mod.build_model("transformer-pp", "tiny", 256, FAST["model_args"])
+    model.load_state_dict(payload["model"])
+    batch = BytesTask(data_file=str(small_text)).train_batch(payload["step"], 4, 32, 0)
+    with torch.no_grad():
+        loss = runner_mod.lm_loss(model, *batch)[0]
+    assert torch.isfinite(loss), loss
+    assert payload["step"] == 2
+
+
+def test_eval_steps_zero_records_no_validation(tmp_path, small_text):
+    rec, _ = run(config(tmp_path, small_text, steps=2, eval_batches=0))
+    assert rec["training"]["final_val_loss"] is None and rec["training"]["final_val_accuracy"] is None
+    assert rec["training"]["val_curve"] == [] and any("not measured" in n for n in rec["notes"])
+
+
+def test_record_carries_its_configuration_identity(tmp_path, small_text):
+    from harness import identity
+
+    rec, _ = run(config(tmp_path, small_text, steps=1))
+    assert rec["config_id"] and identity.from_record({**rec, "config_id": None}) == rec["config_id"]
+    again, _ = run(config(tmp_path, small_text, steps=1, seed=1, output_path=str(tmp_path / "elsewhere")))
+    assert again["config_id"] == rec["config_id"]  # not the seed, not where results go
+    other, _ = run(config(tmp_path, small_text, steps=1, lr=1e-5))
+    assert other["config_id"] != rec["config_id"]
+
+
+def no_training(*args, **kw):
+    raise AssertionError("training started")
+
+
+def test_unwritable_output_path_fails_before_training(tmp_path, small_text, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(runner_mod, "lm_loss", no_training)
+    with pytest.raises(HarnessError, match="not writable"):
+        run(config(tmp_path, small_text, steps=5, output_path=str(blocker)))
+
+
+def test_options_are_validated_with_one_line(tmp_path, small_text, capsys):
+    base = ["eval", "--model", "tpp", "--task", "bytes", "--data-file", str(small_text), "--steps", "1",
+            "--output_path", str(tmp_path / "r"), "--no-progress"]
+    cases = [(["--seed", "-1"], "--seed must be >= 0"), (["--limit", "-5"], "--limit must be >= 1"),
+             (["--model-arg", "dim=-8"], "cannot be built with --model-arg dim=-8"),
+             (["--task-arg", "colour=red"], "unknown option(s) colour for task bytes; accepted: data_file"),
+             (["--eval-steps", "-1"], "--eval-steps must be >= 0"), (["--lr", "0"], "--lr must be")]
+    for extra, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + extra)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, (extra, err)
+    assert not (tmp_path / "r" / "runs").exists() or not list((tmp_path / "r" / "runs").glob("*.json"))
+    with pytest.raises(HarnessError, match="unknown option.*colour for task enwik8"):
+        Enwik8Task(colour="red")  # rejected before any data is looked for
+
+
+def test_too_little_data_for_a_validation_batch_fails_before_training(tmp_path, monkeypatch):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("x" * 2000)  # valid split: 100 bytes, fewer than one window of 129
+    monkeypatch.setattr(runner_mod, "lm_loss", no_training)
+    with pytest.raises(HarnessError, match="valid split"):
+        run(config(tmp_path, tiny, steps=5, seq_len=128))

@@ -51,3 +51,22 @@ def test_slurm_job_spec(tmp_path, small_text):
     assert result.exit_code == 0, result.output
     assert "submitit parameters" in result.output and "#SBATCH --array=0-1" in result.output
     assert not (tmp_path / "r" / "runs").exists()  # nothing ran
+
+
+def test_sweep_recognises_a_finished_babilong_run(tmp_path):
+    """Issue 16: the sweep's job id left out the task's preset option and the runner's widening of the
+    training context (babilong: 128 -> 256 tokens), so finished BABILong jobs were rerun and duplicated."""
+    from harness.runner import run
+    from harness.sweep import pending
+
+    base = RunConfig(model="?", task="?", steps=1, batch_size=2, limit=1, eval_every=0, eval_batches=1,
+                     checkpoint_every=0, output_path=str(tmp_path / "res"), progress=False,
+                     model_args={"depth": "1", "dim": "32", "heads": "2"},
+                     task_args={"source": "generator", "tasks": "qa1", "lengths": "0k", "samples": "1"})
+    (job,) = expand(["transformer-pp"], ["babilong"], [0], base)
+    record, _ = run(job)
+    assert any("widened" in note for note in record["notes"])
+    todo, done = pending([job])
+    assert (len(todo), len(done)) == (0, 1)
+    (other_seed,) = expand(["transformer-pp"], ["babilong"], [1], base)
+    assert pending([other_seed])[0] == [other_seed]

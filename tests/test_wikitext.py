@@ -125,6 +125,39 @@ def write_split_files(folder: Path, splits=("valid", "test"), text=TOY_FILE):
         (folder / f"wiki.{split}.tokens").write_text(text, encoding="utf-8")
 
 
+def write_articles(folder: Path, counts=(("valid", 8), ("test", 3))) -> Path:
+    """Small made-up WikiText files (articles of 6 lines of 40 words), for cheap end-to-end runs."""
+    import random
+
+    rng = random.Random(0)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "models", "read"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in counts:
+        lines = [[" " + " ".join(rng.choice(words) for _ in range(40)) + " . \n" for _ in range(6)]
+                 for _ in range(n)]
+        articles = [f" = Article {i} = \n\n" + "".join(body) for i, body in enumerate(lines)]
+        (folder / f"wiki.{split}.tokens").write_text("".join(articles), encoding="utf-8")
+    return folder
+
+
+def test_the_run_record_carries_what_evaluation_found(tmp_path):
+    """describe() is recorded as of after evaluate(): the scoring mode and the articles scored."""
+    import json
+
+    from harness.runner import RunConfig, run
+
+    write_articles(tmp_path / "wikitext-2")
+    record, path = run(RunConfig(
+        model="transformer-pp", task="wikitext2", steps=1, batch_size=2, seq_len=32, limit=2, eval_every=0,
+        data_dir=str(tmp_path), task_args={"vocab_size": 300, "train_split": "valid"},
+        model_args={"depth": "1", "dim": "32", "heads": "2"}, output_path=str(tmp_path / "results"),
+        progress=False, update_leaderboard=False))
+    scoring = json.loads(path.read_text())["task_info"]["scoring"]
+    assert scoring["mode"] == "lm-eval rolling windows of 32 tokens (context_len=1)"
+    assert scoring["documents"] == 2 and scoring["of_documents"] == 3 and scoring["seq_len"] == 32
+    assert record["task_info"]["documents"] == {"valid": 8, "test": 3}  # the early describe() is kept too
+
+
 def test_missing_train_split_trains_on_valid_loudly_or_refuses(tmp_path, capsys):
     write_split_files(tmp_path / "wikitext-2")
     with pytest.warns(UserWarning, match="TRAINED ON THE VALIDATION SPLIT"):

@@ -154,7 +154,8 @@ class SampleSource:
         max_lines = max_story_lines(length_tokens)
         pool = self.stories(task, "eval")
         samples = []
-        if pool is not None:  # a fixed pool: n distinct stories, in a seeded order
+        if pool is not None:  # a fixed pool: n distinct stories, in a seeded order (fewer when the pool is
+            # smaller: the task warns and records the count scored per cell)
             eligible = [s for s in pool if max_lines is None or s.n_lines <= max_lines]
             if not eligible:
                 raise DataError(f"no {task} story fits {length} ({max_lines} lines at most)")

@@ -96,6 +96,9 @@ def parse_list(value, allowed: tuple[str, ...] | None, what: str) -> list[str]:
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
     if not items:
         raise HarnessError(f"BABILong option {what} is empty")
+    twice = sorted({v for v in items if items.count(v) > 1})
+    if twice:  # a cell scored twice would overwrite itself
+        raise HarnessError(f"BABILong {what} {', '.join(twice)} given more than once; name each once")
     if allowed is not None:
         bad = [v for v in items if v not in allowed]
         if bad:

@@ -6,14 +6,14 @@
   one-line DataError.
 - "builder": samples of any length built from bAbI files + background books in --data-dir (see builder.py).
 - "generator": the built-in generator (generator.py), no files at all.
-- "auto": the builder when --data-dir holds bAbI, books and the GPT-2 tokenizer files; else the Hub when it can be
-  reached; else the generator. The record says which source was used and why the others were not.
+- "auto" (the default): the builder when --data-dir holds bAbI, books and the GPT-2 tokenizer files, else
+  the generator. It makes no network call: the Hub is used only when asked for (source=hf), so a default
+  run's data never depends on whether the Hub answers. The record says which source was used and why.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +69,6 @@ class HFSource:
                 "length_tokenizer": "gpt2 (the datasets' own lengths)", "notes": []}
 
 
-def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True, "huggingface.co reachable"
-    except OSError as exc:
-        return False, f"huggingface.co not reachable ({exc.__class__.__name__})"
-
-
 def find_builder_files(data_dir, babi_dir=None, books_dir=None, tokenizer_dir=None) -> tuple[Path, Path, Path] | None:
     """(bAbI folder, books folder, GPT-2 tokenizer folder) from explicit options or the data folders, or None."""
     roots = data_dirs(data_dir) if data_dir or os.environ.get("HARNESS_DATA_DIR") else []
@@ -116,7 +106,5 @@ def open_source(source: str, seed: int, data_dir=None, babi_dir=None, books_dir=
         return BabilongBuilder(*files, seed=seed), f"builder files from {files[0].parent}"
     if files is not None:
         return BabilongBuilder(*files, seed=seed), "auto: --data-dir holds bAbI + books + GPT-2 tokenizer"
-    ok, why = hub_reachable()
-    if ok:
-        return HFSource(seed=seed), f"auto: no builder files in --data-dir; {why}"
-    return BabilongGenerator(seed), f"auto: no builder files in --data-dir; {why}; using the built-in generator"
+    return BabilongGenerator(seed), ("auto: no bAbI + books + GPT-2 tokenizer files in --data-dir; the "
+                                     "built-in generator (source=hf for the Hugging Face datasets)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -38,9 +39,8 @@ from harness.errors import DataError, HarnessError
 from tasks.base import Metric, Task
 from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS, TASKS,
                                    context_budget, parse_length, parse_list)
-from tasks.babilong.generator import BabilongGenerator
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies
-from tasks.babilong.sources import SOURCES, HFSource, find_builder_files, open_source
+from tasks.babilong.sources import SOURCES, find_builder_files, open_source
 from tasks.babilong.streaming import (argmax_first, can_batch, greedy_continue, greedy_generate, score_candidates,
                                       score_choices_full, score_choices_streaming, stream_prompts)
 
@@ -98,6 +98,9 @@ class BabilongTask(Task):
             raise HarnessError(f"unknown BABILong option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
         self.tasks = parse_list(tasks, TASKS, "tasks")
         self.lengths = [parse_length(x) for x in parse_list(lengths, None, "lengths")]
+        tokens = [t for _, t in self.lengths]
+        if len(set(tokens)) < len(tokens):  # one cell scored twice would overwrite itself
+            raise HarnessError(f"BABILong lengths {lengths!r} name one length twice; give each length once")
         self.train_length = parse_length(train_length)
         self.samples = _as_int(samples, "samples", 1)
         self.seed = _as_int(seed, "seed", 0)
@@ -108,6 +111,7 @@ class BabilongTask(Task):
             raise HarnessError(f"BABILong source {source!r} is not one of {', '.join(SOURCES)}")
         self.requested_source = source
         self.source, self.source_note = open_source(source, self.seed, data_dir, babi_dir, books_dir, tokenizer_dir)
+        print(f"[babilong] samples from source {self.source.name}: {self.source_note}", file=sys.stderr)
         if tokenizer == "bytes":
             self.codec = ByteCodec()
         elif tokenizer == "gpt2":
@@ -138,19 +142,8 @@ class BabilongTask(Task):
         self.eval_notes: list[str] = []
 
     # -- samples ----------------------------------------------------------------------------------------------
-    def _fall_through(self, exc: Exception) -> None:
-        """source=auto picked the Hub but it failed: use the generator and say so."""
-        if self.requested_source != "auto" or not isinstance(self.source, HFSource):
-            raise exc
-        self.source_note += f"; the Hub failed ({exc}); fell through to the built-in generator"
-        self.source = BabilongGenerator(self.seed)
-
     def eval_samples(self, task: str, length: str, length_tokens: int, n: int):
-        try:
-            return self.source.eval_samples(task, length, length_tokens, n)
-        except DataError as exc:
-            self._fall_through(exc)
-            return self.source.eval_samples(task, length, length_tokens, n)
+        return self.source.eval_samples(task, length, length_tokens, n)
 
     def train_story_cap(self, seq_len: int) -> int | None:
         """Longest story (lines) worth drawing for a training context of seq_len tokens: a bAbI line is ~30
@@ -160,11 +153,7 @@ class BabilongTask(Task):
 
     def _train_sample(self, task, index, seed, max_lines=None):
         length, tokens = self.train_length
-        try:
-            return self.source.train_sample(task, length, tokens, seed, index, max_lines)
-        except DataError as exc:
-            self._fall_through(exc)
-            return self.source.train_sample(task, length, tokens, seed, index, max_lines)
+        return self.source.train_sample(task, length, tokens, seed, index, max_lines)
 
     def encode_example(self, sample) -> tuple[list[int], int]:
         """(prompt + answer tokens, number of answer tokens)."""
@@ -279,12 +268,17 @@ class BabilongTask(Task):
         metrics: dict[str, Metric] = {}
         cells: dict[tuple[str, str], tuple[float, float | None, int]] = {}
         self.eval_notes = []
+        self.last_eval["samples_scored"] = scored = {}  # per cell "task/length": samples actually scored
         window = model.max_context if model.streaming == "window" else None
         bar = tqdm(total=len(self.tasks) * len(self.lengths) * n, desc="babilong", unit="sample", disable=not progress)
         for length, tokens in self.lengths:
             exceeded = skipped = 0
             for task in self.tasks:
                 samples = self.eval_samples(task, length, tokens, n)
+                if len(samples) < n:  # a fixed pool smaller than asked: say so, the record holds the count
+                    note = f"{task}/{length}: {len(samples)} samples scored, {n} asked (the pool is smaller)"
+                    self.eval_notes.append(note)
+                    print(f"warning: BABILong {note}", file=sys.stderr)
                 prompts = [self.codec.encode(sample.prompt()) for sample in samples]
                 if batched:
                     results = self._predict_batched(model, samples, prompts, device, seg_len, lambda: bar.update(1))
@@ -301,6 +295,7 @@ class BabilongTask(Task):
                     outcomes.append(bool(correct))
                     if window is not None and len(prompt) > window:
                         exceeded += 1
+                scored[f"{task}/{length}"] = len(outcomes)
                 if outcomes:
                     cells[task, length] = binomial_accuracy(outcomes)
                     metrics[f"acc/{task}/{length}"] = Metric(*cells[task, length], higher_is_better=True)
