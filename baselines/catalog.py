@@ -16,3 +16,6 @@ MODELS.register("mamba2", "baselines.mamba2:build", aliases=("mamba-2", "mamba_2
 MODELS.register("gated-deltanet", "baselines.gated_deltanet.model:build", aliases=("gdn", "gated_deltanet"),
                 summary="Gated DeltaNet (gated delta rule + SwiGLU); chunked PyTorch on CPU, fla kernels on CUDA",
                 family="linear-attention")
+MODELS.register("bag-of-tokens", "baselines.bag_of_tokens:build", aliases=("control", "bag"),
+                summary="recall control: causal mean of token embeddings + position-wise MLPs (order-blind; "
+                        "MQAR stays at 1/kv_pairs)", family="control")

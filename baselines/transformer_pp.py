@@ -22,6 +22,9 @@ class TransformerPPConfig:
     heads: int = 4  # attention heads (head dim = dim / heads)
     ff_mult: int = 4  # SwiGLU hidden width = ff_mult * dim
     max_seq_len: int = 4096  # longest context one call attends over
+    # a diagnostic switch, not part of the baseline: each token attends to at most this many previous tokens (0:
+    # itself only, a model that cannot mix tokens; the recall tasks' broken-model check uses it); None: all
+    attn_window: int | None = None
 
 
 FLAVORS = {
@@ -43,7 +46,7 @@ class TransformerPP(WindowStreaming, LMAdapter):
                 dim=config.dim, depth=config.depth, heads=config.heads, attn_dim_head=config.dim // config.heads,
                 rotary_pos_emb=True, rotary_emb_dim=config.dim // config.heads,  # full-width RoPE as in LLaMA
                 use_rmsnorm=True, ff_glu=True, ff_swish=True, ff_mult=config.ff_mult, ff_no_bias=True,
-                attn_flash=True,
+                attn_flash=True, attn_max_attend_past=config.attn_window,
             ),
         )
 

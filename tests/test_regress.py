@@ -1,5 +1,6 @@
 """`harness regress`: the reference is written from several seeds, a rerun of seed 0 reproduces exactly and
-passes, a moved score fails naming the metric, and a case without a reference is an UNCHECKED warning."""
+passes, a moved score fails naming the metric, and a check with nothing to compare (no reference, an empty
+one, a case without a row) fails."""
 
 import csv
 
@@ -31,7 +32,7 @@ def test_update_check_and_failures(tmp_path, unit_suite):
     rows = read(ref)
     assert [(r["model"], r["task"], r["metric"], r["seeds"]) for r in rows] == [("transformer-pp", "bytes", "bpb", "0 1")]
     assert float(rows[0]["tolerance"]) >= TOLERANCE_SIGMAS * float(rows[0]["spread"]) * 0.99
-    assert rows[0]["data"].startswith("bytes:corpus.txt sha256=")
+    assert rows[0]["data"].startswith("bytes:corpus.txt sha256=") and rows[0]["config_id"]
 
     lines.clear()
     assert regress.main("unit", reference=str(ref), log=lines.append) == 0
@@ -45,10 +46,9 @@ def test_update_check_and_failures(tmp_path, unit_suite):
 
     regress.write_reference(ref, [dict(rows[0], model="gone-model")])
     lines.clear()
-    assert regress.main("unit", reference=str(ref), log=lines.append) == 0
+    assert regress.main("unit", reference=str(ref), log=lines.append) == 1  # a case without a row fails
     assert any(line.startswith("UNCHECKED") and "transformer-pp bytes bpb" in line for line in lines)
     assert any(line.startswith("stale") and "gone-model" in line for line in lines)
-    assert regress.main("unit", reference=str(ref), strict=True, log=lines.append) == 1
 
 
 def test_tolerance_is_four_sigma_with_a_floor():
@@ -68,6 +68,63 @@ def test_ci_suite_covers_every_registered_model(tmp_path):
 
     cases, notes = regress.ci_suite(MODELS.names(), str(tmp_path))
     assert {c.model for c in cases if c.task == "bytes"} == set(MODELS.names())
-    assert all(c.run_args["steps"] == 60 and "model_args" not in c.run_args for c in cases)
+    assert {c.model for c in cases if c.task == "mqar"} == set(MODELS.names())
+    assert all("model_args" not in c.run_args for c in cases)
+    assert all(c.run_args["steps"] == 60 for c in cases if c.task == "bytes")
     assert any("not enwik8" in n for n in notes)
-    assert ("babilong" in TASKS) == any(c.task == "babilong" for c in cases)
+    assert not any(c.task == "babilong" for c in cases)  # chance-level rows cannot fail a broken model
+    assert "mqar" in TASKS
+
+
+def test_missing_or_empty_reference_fails_unless_updating(tmp_path, monkeypatch, capsys):
+    """Issue 16: a header-only reference printed "0 passed, 0 failed, N unchecked" and exited 0."""
+    record = {"model": "m", "task": "bytes", "primary_metric": "bpb",
+              "task_info": {"source": "x", "sha256": "ab"},
+              "metrics": {"bpb": {"value": 2.0, "stderr": 0.1, "n": 100, "higher_is_better": False}}}
+    monkeypatch.setitem(regress.SUITES, "stub", lambda models, data_file: ([Case("m", "bytes")], []))
+    monkeypatch.setattr(regress, "run_cases",
+                        lambda cases, seeds, *a: {("m", "bytes"): {s: record for s in seeds}})
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(regress.REFERENCE_COLUMNS) + "\n")
+    for ref in (empty, tmp_path / "missing.csv"):
+        assert regress.main("stub", reference=str(ref), models=["tpp"], log=lambda line: None) == 1
+        assert "no reference rows" in capsys.readouterr().err
+    assert regress.main("stub", update=True, seeds="2", reference=str(empty), models=["tpp"],
+                        log=lambda line: None) == 0
+    assert regress.main("stub", reference=str(empty), models=["tpp"], log=lambda line: None) == 0
+
+
+def test_reference_of_another_configuration_fails(tmp_path, monkeypatch):
+    record = {"model": "m", "task": "bytes", "primary_metric": "bpb",
+              "task_info": {"source": "x", "sha256": "ab"}, "config_id": "now",
+              "metrics": {"bpb": {"value": 2.0, "stderr": 0.1, "n": 100}}}
+    row = dict(regress.reference_rows({("m", "bytes"): {0: record, 1: record}})[0], config_id="before")
+    result = regress.compare({("m", "bytes"): {0: record}}, [row])
+    assert len(result.failures) == 1 and "configuration differs" in result.failures[0]
+    legacy = {k: v for k, v in row.items() if k != "config_id"}  # rows from before config_id: still compared
+    assert regress.compare({("m", "bytes"): {0: record}}, [legacy]).passed
+
+
+BROKEN = {  # a deliberately broken mechanism under the same name and configuration identity
+    "titans-lmm": ("models.titans.presets", "build_lmm", {"theta_max": 0.0}),  # the memory never learns
+    "transformer-pp": ("baselines.transformer_pp", None, {"attn_window": 0}),  # attention sees one token
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(BROKEN))
+def test_ci_suite_fails_a_deliberately_broken_model(model, monkeypatch, shared_data):
+    """The committed reference's recall rows catch a model whose mixing is broken: its MQAR score drops to the
+    no-recall level, far outside the seed tolerance (the healthy model passes the same rows in CI)."""
+    import importlib
+    from dataclasses import replace
+
+    module_name, builder, change = BROKEN[model]
+    module = importlib.import_module(module_name)
+    table = getattr(module, builder).FLAVORS if builder else module.FLAVORS
+    monkeypatch.setitem(table, "tiny", replace(table["tiny"], **change))
+    lines = []
+    assert regress.main("ci", models=[model], tasks=["mqar"], data_file=str(shared_data / "pg19"),
+                        log=lines.append) == 1
+    failed = [line for line in lines if line.startswith("FAILED") and f"{model} mqar acc" in line]
+    assert failed and all("diff -" in line for line in failed), lines  # failed on the score, not the config
