@@ -8,7 +8,7 @@ The `ci` suite (sized to fit 15 minutes on 2 CPU cores with about a dozen models
   NOT enwik8, and the reference's `data` column names what was used (source and sha256) so that a run on other
   data fails loudly instead of being compared;
 - MQAR recall (task `mqar`, CI_MQAR: 4 key-value pairs in 32 tokens, vocabulary 64) for every model, trained
-  CI_MQAR_BUDGET (300 steps x 32): every row sits far above the random-guess level (1/32), at or above the
+  CI_MQAR_BUDGET (150 steps x 32): every row sits far above the random-guess level (1/32), at or above the
   no-recall level (25 %), so a model whose memory or attention breaks fails it. (BABILong rows were dropped: at
   this budget every model is at chance there, and a row at chance cannot fail.)
 
@@ -23,6 +23,11 @@ Reference columns: model, task, metric, value, tolerance, seeds, spread, data, c
   change with probability ~0.5% (when s ~ sigma) while any shift bigger than ~4 seed-sigmas is caught. The floor
   only matters where the seeds happen to agree exactly (s = 0): 1e-4 for continuous scores (the size of
   cross-machine float drift for these runs), and one sample's worth (100/n percent) for accuracies.
+
+Rows that cannot fail a broken model are marked so: `informative` is "no: ..." when the row's lower bound (value -
+tolerance) does not clear the task's random-guess level (task_info["guess_level"], e.g. MQAR's 1/values), which is
+where a model with broken mixing lands. `--update` prints them; the check skips such a case with a printed line
+instead of running a comparison that cannot fail (a later `--update` re-measures it).
 
 A check with nothing to check against fails: a missing or empty reference, or a suite case (a newly
 registered model, the babilong task appearing) with no reference row; add its rows with `--update` (which may
@@ -52,8 +57,8 @@ from harness.registry import MODELS, TASKS
 from harness.results import REPO_ROOT, utc_now
 
 REFERENCE_COLUMNS = ["model", "task", "metric", "value", "tolerance", "seeds", "spread", "data", "created",
-                     "config_id"]
-OPTIONAL_COLUMNS = {"config_id"}  # absent from references written before it existed
+                     "config_id", "informative"]
+OPTIONAL_COLUMNS = {"config_id", "informative"}  # absent from references written before they existed
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "pg19"
 SUITE_THREADS = 2  # fixed, because CPU matmul results may depend on the thread count
 TOLERANCE_SIGMAS = 4.0
@@ -81,7 +86,7 @@ CI_BYTES_LIMIT = 8192
 # token mixing: a model whose attention or memory is broken falls to the random-guess level (1/32 values), far
 # outside every row's tolerance (tests/test_regress.py breaks two models on purpose and sees them fail).
 CI_MQAR = dict(kv_pairs="4", seq_len="32", test_size="256")
-CI_MQAR_BUDGET = dict(preset="tiny", steps=300, batch_size=32, lr=3e-3, eval_every=0, checkpoint_every=0)
+CI_MQAR_BUDGET = dict(preset="tiny", steps=150, batch_size=32, lr=3e-3, eval_every=0, checkpoint_every=0)
 
 def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list[str]]:
     notes = []
@@ -156,8 +161,40 @@ def reference_rows(results: dict, created: str | None = None) -> list[dict]:
             rows.append({"model": model, "task": task, "metric": metric, "value": repr(float(m["value"])),
                          "tolerance": f"{tolerance:.3g}", "seeds": " ".join(map(str, seeds)),
                          "spread": f"{spread:.3g}", "data": data_label(base), "created": created,
-                         "config_id": identity.from_record(base)})
+                         "config_id": identity.from_record(base),
+                         "informative": informative(base, metric, float(m["value"]), tolerance)})
     return rows
+
+
+def guess_level(record: dict, metric: str) -> float | None:
+    """The score of guessing at random for a metric, where the task states it (task_info["guess_level"]: per
+    cell, e.g. MQAR's 1/values; a mean over cells gets the mean of its cells' levels)."""
+    levels = (record.get("task_info") or {}).get("guess_level")
+    if not isinstance(levels, dict) or not levels:
+        return None
+    cell = metric.split("/", 1)[1] if "/" in metric else None
+    if cell is not None:
+        return levels.get(cell)
+    return sum(levels.values()) / len(levels)
+
+
+def informative(record: dict, metric: str, value: float, tolerance: float) -> str:
+    """'yes' when a model that guesses at random (a broken one) would fail the row; else 'no: why'. A row whose
+    tolerance reaches down to the random-guess level cannot fail such a model: CI skips its case, saying so."""
+    guess = guess_level(record, metric)
+    if guess is None or not record["metrics"][metric].get("higher_is_better"):
+        return "yes"
+    if value - tolerance > guess:
+        return "yes"
+    return f"no: lower bound {value - tolerance:.3g} <= random-guess level {guess:.3g}"
+
+
+def uninformative_cases(reference: list[dict]) -> set[tuple[str, str]]:
+    """(model, task) whose every reference row is marked not informative."""
+    by_case: dict[tuple[str, str], list[bool]] = {}
+    for r in reference:
+        by_case.setdefault((r["model"], r["task"]), []).append(str(r.get("informative") or "yes").startswith("no"))
+    return {case for case, flags in by_case.items() if all(flags)}
 
 
 def read_reference(path: Path) -> list[dict]:
@@ -254,6 +291,14 @@ def main(suite: str = "ci", update: bool = False, seeds: str | None = None, refe
             raise HarnessError(f"suite {suite} has no case for task(s) {', '.join(sorted(wanted))}")
     for note in notes:
         log(f"note: {note}")
+    reference_data = read_reference(ref_path)
+    if not update:
+        skip = uninformative_cases(reference_data)
+        for case in [c for c in cases if (c.model, c.task) in skip]:
+            why = next(r["informative"] for r in reference_data if (r["model"], r["task"]) == (case.model, case.task))
+            log(f"skipped   {case.model} {case.task}: the reference row cannot fail a broken model ({why[4:]}); "
+                f"--update re-measures it")
+        cases = [c for c in cases if (c.model, c.task) not in skip]
     log(f"suite {suite}: {len(cases)} cases x seeds {run_seeds} on {device}, {SUITE_THREADS} threads")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regress-") as tmp:
@@ -265,10 +310,12 @@ def main(suite: str = "ci", update: bool = False, seeds: str | None = None, refe
         ran = {(r["model"], r["task"]) for r in rows}
         kept = [r for r in read_reference(ref_path) if (r["model"], r["task"]) not in ran]
         write_reference(ref_path, kept + rows)
+        for r in rows:
+            if r["informative"].startswith("no"):
+                log(f"not informative: {r['model']} {r['task']} {r['metric']} ({r['informative'][4:]}); CI skips it")
         log(f"reference -> {ref_path} ({len(rows)} rows rewritten, {len(kept)} kept)")
         return 0
 
-    reference_data = read_reference(ref_path)
     if not reference_data:
         log(f"FAILED    no reference rows at {ref_path}: nothing to check against")
         print(f"regression check failed: no reference rows at {ref_path}; create them with "

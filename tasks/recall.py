@@ -342,6 +342,7 @@ class MQARTask(SyntheticTask):
             "train_size": self.train_size or "unbounded (fresh sequences every step)",
             "test_size_per_cell": self.test_size, "seed": self.seed,
             "no_recall_level": {c.name: round(100 / c.kv_pairs, 3) for c in self.cells},
+            "guess_level": {c.name: round(100 / self.half ** self.value_len, 4) for c in self.cells},
             "accuracy_unit": "percent of queries recalled; stderr binomial over queries; acc = mean over cells",
             "train_redrawn_test_clashes": self.redrawn,
         }
