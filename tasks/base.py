@@ -88,3 +88,15 @@ def random_windows(stream: np.ndarray, rng: np.random.Generator, batch_size: int
     starts = rng.integers(0, len(stream) - seq_len - 1, size=batch_size)
     x = torch.from_numpy(np.stack([stream[s:s + seq_len + 1] for s in starts]).astype(np.int64))
     return x[:, :-1], x[:, 1:]
+
+
+def int_option(value, what: str, minimum: int, owner: str) -> int:
+    """A task option that must be an integer >= minimum (given as text on the command line), or a one-line error
+    naming the option, e.g. "BABILong option samples='x' must be an integer >= 1"."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum:
+        raise HarnessError(f"{owner} option {what}={value!r} must be an integer >= {minimum}")
+    return number

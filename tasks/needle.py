@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from harness.errors import DataError, HarnessError
 from tasks.babilong.streaming import can_batch, greedy_continue, greedy_generate, stream_prompts
-from tasks.base import Metric, Task
+from tasks.base import Metric, Task, int_option, reject_unknown_options
 
 VOCAB, FILLER_TOP, KEY_LOW, VALUE_LOW, NEEDLE, QUERY = 256, 128, 128, 190, 254, 255
 TEST_SALT = 0x7E57
@@ -52,13 +52,7 @@ def parse_tokens(text: str) -> int:
 
 
 def _int(value, what, minimum):
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise HarnessError(f"needle option {what}={value!r} must be an integer >= {minimum}") from None
-    if out < minimum:
-        raise HarnessError(f"needle option {what}={value!r} must be an integer >= {minimum}")
-    return out
+    return int_option(value, what, minimum, "needle")
 
 
 class NeedleTask(Task):
@@ -70,8 +64,7 @@ class NeedleTask(Task):
     def __init__(self, lengths="1k,4k,16k", train_length="256", needles=2, value_len=2, filler="random",
                  samples=20, seed=0, eval_batch=16, segment_len=None, data_dir=None, data_file=None, preset=None,
                  **unknown):
-        if unknown:
-            raise HarnessError(f"unknown needle option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
+        reject_unknown_options(self.name, unknown, OPTIONS)
         names = [x.strip() for x in str(lengths).split(",") if x.strip()]
         if not names or len(set(names)) != len(names):
             raise HarnessError(f"needle lengths={lengths!r} must list distinct lengths like 1k,4k,16k")

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from tasks.base import Metric, Task
+from tasks.base import Metric, Task, reject_unknown_options
 
 DEFAULT_VOCAB = 64  # doubled when the largest cell needs more keys (kv_pairs=64 -> 256)
 TEST_SALT = 0x7E57  # test sequences come from their own random stream
@@ -228,8 +228,7 @@ class MQARTask(SyntheticTask):
     def __init__(self, kv_pairs="8", seq_len="64", vocab=None, power_a=0.01, noise=0, noise_vocab=None,
                  key_len=1, value_len=1, train_size=None, test_size=1000, seed=0, eval_batch=256,
                  data_dir=None, data_file=None, preset=None, **unknown):
-        if unknown:
-            raise HarnessError(f"unknown MQAR option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
+        reject_unknown_options(self.name, unknown, OPTIONS)
         if data_file:
             raise HarnessError("MQAR is generated; it reads no --data-file")
         self.key_len, self.value_len = _one_int(key_len, "key_len", 1), _one_int(value_len, "value_len", 1)
@@ -359,9 +358,8 @@ class SelectiveCopyTask(SyntheticTask):
 
     def __init__(self, n_tokens="16", seq_len="64", vocab=16, train_size=None, test_size=1000, seed=0,
                  eval_batch=256, data_dir=None, data_file=None, preset=None, **unknown):
-        if unknown:
-            raise HarnessError(f"unknown selective-copy option(s) {', '.join(sorted(unknown))}; valid: n_tokens, "
-                               f"seq_len, vocab, train_size, test_size, seed, eval_batch")
+        reject_unknown_options(self.name, unknown, ("n_tokens", "seq_len", "vocab", "train_size", "test_size",
+                                                    "seed", "eval_batch"))
         if data_file:
             raise HarnessError("selective-copy is generated; it reads no --data-file")
         self.vocab_size = _one_int(vocab, "vocab", 3)

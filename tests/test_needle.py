@@ -108,7 +108,7 @@ def test_pg19_filler(shared_data):
 
 
 def test_option_errors():
-    with pytest.raises(HarnessError, match="unknown needle option"):
+    with pytest.raises(HarnessError, match="unknown option.*for task needle"):
         NeedleTask(length="1k")
     with pytest.raises(HarnessError, match="distinct lengths"):
         NeedleTask(lengths="1k,1k")

@@ -85,7 +85,7 @@ def test_grid_cells_and_option_errors():
     assert task.vocab_size == 256 and MQARTask().vocab_size == 64  # grown until 64 pairs have distinct keys
     x, y = task.train_batch(0, 4, 512, 0)  # shorter cells are right-padded, no loss on padding
     assert x.shape == (4, 512) and (y[:, 64:] == -100).all()
-    with pytest.raises(HarnessError, match="unknown MQAR option"):
+    with pytest.raises(HarnessError, match="unknown option.*for task mqar"):
         MQARTask(kvpairs=4)
     with pytest.raises(HarnessError, match="twice"):
         MQARTask(kv_pairs="4,4")

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import DataError, HarnessError
-from tasks.base import Metric, Task
+from tasks.base import Metric, Task, int_option
 from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS, TASKS,
                                    context_budget, parse_length, parse_list)
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies
@@ -77,13 +77,7 @@ class GPT2Codec:
 
 
 def _as_int(value, what: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise HarnessError(f"BABILong option {what}={value!r} must be an integer >= {minimum}") from None
-    if number < minimum:
-        raise HarnessError(f"BABILong option {what}={value!r} must be an integer >= {minimum}")
-    return number
+    return int_option(value, what, minimum, "BABILong")
 
 
 class BabilongTask(Task):
