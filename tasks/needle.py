@@ -4,7 +4,8 @@ RULER (Hsieh et al., 2024, "RULER: What's the Real Context Size of Your Long-Con
 2404.06654, section 3.1, multi-key NIAH): `needles` key-value needles are hidden at random depths in filler; at the
 end the model is given one of the keys and must produce its value. Here in token form: a needle is
 [NEEDLE, key, value...], the query [QUERY, key], scored by greedy decoding of the `value_len` value tokens (right
-only when all are). The model trains on `train_length`-token sequences (loss on the value tokens only) and is
+only when all are). The model trains on `train_length`-token sequences that query every needle in turn (loss on
+the value tokens only) and is
 scored at each of `lengths` (default 1k, 4k, 16k; `lengths=1k,4k,16k,64k,128k` for the full curve), feeding each
 sample segment by segment through the model's streaming state (the BABILong scoring path,
 tasks/babilong/streaming.py), so memory stays bounded at any length and the curve shows how far each memory
@@ -40,7 +41,7 @@ OPTIONS = ("lengths", "train_length", "needles", "value_len", "filler", "samples
            "segment_len", "data_dir", "data_file")
 # Training budget at preset tiny (flags override each field), the recall suite's (tasks/recall.py) at the
 # needle's longer training rows.
-CPU_BUDGET = dict(steps=400, batch_size=16, lr=1e-3, warmup_steps=30, eval_every=100, eval_batches=4,
+CPU_BUDGET = dict(steps=600, batch_size=32, lr=1e-3, warmup_steps=30, eval_every=100, eval_batches=4,
                   checkpoint_every=200)
 
 
@@ -61,7 +62,7 @@ class NeedleTask(Task):
     vocab_size = VOCAB
     exact_seq_len = True
 
-    def __init__(self, lengths="1k,4k,16k", train_length="256", needles=2, value_len=2, filler="random",
+    def __init__(self, lengths="1k,4k,16k", train_length="128", needles=4, value_len=2, filler="random",
                  samples=20, seed=0, eval_batch=16, segment_len=None, data_dir=None, data_file=None, preset=None,
                  **unknown):
         reject_unknown_options(self.name, unknown, OPTIONS)
@@ -78,7 +79,7 @@ class NeedleTask(Task):
             raise HarnessError(f"needle option needles={needles} exceeds the {VALUE_LOW - KEY_LOW} distinct keys")
         self.span = 2 + self.value_len  # tokens of one needle
         shortest = min([self.train_length, *self.lengths.values()])
-        if self.needles * self.span + 2 + self.value_len > shortest:
+        if 2 * self.needles * self.span + 1 > shortest:
             raise HarnessError(f"{self.needles} needles of {self.span} tokens and the query do not fit in "
                                f"{shortest} tokens; raise the lengths or lower needles")
         if filler not in ("random", "pg19"):
@@ -100,15 +101,13 @@ class NeedleTask(Task):
         starts = rng.integers(0, len(self.text) - length, size=n)
         return np.stack([self.text[s:s + length] for s in starts]).astype(np.int64)
 
-    def make(self, rng, n: int, prompt_len: int):
-        """(prompts [n, prompt_len], answers [n, value_len]): filler with the needles at random depths, then the
-        query of one of them."""
+    def haystack(self, rng, n: int, length: int):
+        """(haystacks [n, length], keys [n, needles], values [n, needles, value_len]): filler with the needles at
+        random depths."""
         keys = np.argsort(rng.random((n, VALUE_LOW - KEY_LOW)), axis=1)[:, :self.needles] + KEY_LOW
         values = rng.integers(VALUE_LOW, NEEDLE, size=(n, self.needles, self.value_len))
-        asked = rng.integers(0, self.needles, size=n)
-        body = prompt_len - 2  # the query's two tokens end the prompt
-        filler = self._filler(rng, n, body - self.needles * self.span)
-        prompts = np.empty((n, prompt_len), dtype=np.int64)
+        filler = self._filler(rng, n, length - self.needles * self.span)
+        out = np.empty((n, length), dtype=np.int64)
         for r in range(n):
             # needle j goes before filler token cut[j] (sorted cuts keep the needles' order random in depth)
             cuts = np.sort(rng.integers(0, filler.shape[1] + 1, size=self.needles))
@@ -116,16 +115,35 @@ class NeedleTask(Task):
             for j, cut in enumerate(cuts):
                 parts += [filler[r, prev:cut], [NEEDLE, keys[r, j]], values[r, j]]
                 prev = cut
-            parts += [filler[r, prev:], [QUERY, keys[r, asked[r]]]]
-            prompts[r] = np.concatenate(parts)
-        return prompts, values[np.arange(n), asked]
+            parts.append(filler[r, prev:])
+            out[r] = np.concatenate(parts)
+        return out, keys, values
+
+    def make(self, rng, n: int, prompt_len: int):
+        """(prompts [n, prompt_len], answers [n, value_len]): a haystack, then the query of one of its needles."""
+        hay, keys, values = self.haystack(rng, n, prompt_len - 2)
+        asked = rng.integers(0, self.needles, size=n)
+        rows = np.arange(n)
+        prompts = np.concatenate([hay, np.full((n, 1), QUERY), keys[rows, asked][:, None]], axis=1)
+        return prompts, values[rows, asked]
 
     def _rows(self, rng, batch_size: int, seq_len: int):
-        prompts, answers = self.make(rng, batch_size, seq_len + 1 - self.value_len)
-        seq = torch.from_numpy(np.concatenate([prompts, answers], axis=1))
-        targets = torch.full((batch_size, seq_len), -100, dtype=torch.long)
-        targets[:, -self.value_len:] = seq[:, -self.value_len:]
-        return seq[:, :-1], targets
+        """Training rows: a haystack, then every needle queried in random order, each query followed by its value
+        (teacher-forced; loss on the value tokens): `needles` answers per row instead of one (RULER's multi-query
+        form), the same query-then-value format the test's single query is scored in."""
+        q = 2 + self.value_len  # tokens of one query and its answer
+        hay, keys, values = self.haystack(rng, batch_size, seq_len + 1 - self.needles * q)
+        order = np.argsort(rng.random((batch_size, self.needles)), axis=1)
+        rows = np.arange(batch_size)[:, None]
+        queries = np.concatenate([np.full((batch_size, self.needles, 1), QUERY), keys[rows, order][..., None],
+                                  values[rows, order]], axis=2).reshape(batch_size, -1)
+        seq = torch.from_numpy(np.concatenate([hay, queries], axis=1))
+        labels = torch.full_like(seq, -100)
+        answer = torch.zeros(self.needles * q, dtype=torch.bool).reshape(self.needles, q)
+        answer[:, 2:] = True
+        at = hay.shape[1] + answer.reshape(-1).nonzero().flatten()
+        labels[:, at] = seq[:, at]
+        return seq[:, :-1], labels[:, 1:]
 
     def train_batch(self, step, batch_size, seq_len, seed):
         return self._rows(np.random.default_rng([seed, step]), batch_size, seq_len)

@@ -25,13 +25,21 @@ def test_prompt_layout():
         assert (filler < FILLER_TOP).all()
 
 
-def test_training_rows_take_loss_on_the_value_only():
-    task = NeedleTask(train_length=64, value_len=2)
+def test_training_rows_query_every_needle_with_loss_on_the_values_only():
+    task = NeedleTask(train_length=64, needles=2, value_len=2)
     x, y = task.train_batch(0, 4, 64, seed=0)
     assert x.shape == y.shape == (4, 64)
-    assert (y[:, :-2] == -100).all() and (y[:, -2:] >= VALUE_LOW).all()
-    assert (x[:, -3] == QUERY).all() and (x[:, -1] == y[:, -2]).all()  # the key, then the value teacher-forced
-    torch.testing.assert_close(task.train_batch(0, 4, 64, 0), NeedleTask(train_length=64).train_batch(0, 4, 64, 0))
+    for row, t in zip(x, y):
+        starts = (row == NEEDLE).nonzero().flatten().tolist()
+        needles = {row[s + 1].item(): row[s + 2:s + 4].tolist() for s in starts}
+        queries = (row == QUERY).nonzero().flatten().tolist()
+        assert len(starts) == 2 and len(queries) == 2 and queries[0] == 57  # a haystack of 64 + 1 - 2 x 4 tokens, then the queries
+        for q in queries:
+            key = row[q + 1].item()
+            assert t[q + 1:q + 3].tolist() == needles[key]  # the value tokens are the targets
+        assert sorted(row[q + 1].item() for q in queries) == sorted(needles)  # every needle asked once
+        assert (t != -100).sum() == 4
+    torch.testing.assert_close(task.train_batch(0, 4, 64, 0), NeedleTask(train_length=64, needles=2).train_batch(0, 4, 64, 0))
 
 
 class LookupModel(LMAdapter):
