@@ -33,3 +33,24 @@ def small_text(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(" ".join(words[i] for i in idx))
     return path
+
+
+@pytest.fixture
+def interrupt_loss_at(monkeypatch):
+    """arm(n): the runner's loss raises KeyboardInterrupt on its n-th call (a run killed mid-step, after whatever
+    checkpoints came before); returns a function that puts the real loss back."""
+    from harness import runner
+
+    def arm(n: int):
+        original, calls = runner.lm_loss, {"n": 0}
+
+        def interrupted(*args, **kw):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return original(*args, **kw)
+
+        monkeypatch.setattr(runner, "lm_loss", interrupted)
+        return lambda: monkeypatch.setattr(runner, "lm_loss", original)
+
+    return arm

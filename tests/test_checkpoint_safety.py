@@ -15,7 +15,6 @@ import pytest
 import torch
 import x_transformers  # noqa: F401  (loaded here, not under a test's capsys: its logger keeps the stderr it finds)
 
-from harness import runner as runner_mod
 from harness.checkpoint import load_checkpoint
 from harness.cli import interrupted_message, main
 from harness.data import atomic_write_bytes
@@ -66,24 +65,16 @@ def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, small_text, caps
     assert not marker.exists()
 
 
-def test_runner_checkpoints_load_weights_only_and_resume_bit_identically(tmp_path, small_text, monkeypatch):
+def test_runner_checkpoints_load_weights_only_and_resume_bit_identically(tmp_path, small_text, interrupt_loss_at):
     full, _ = run(config(tmp_path / "a", small_text, steps=4, checkpoint_every=2))
     payload = torch.load(full["checkpoint"], weights_only=True)  # RNG states, history, run_config: plain data
     assert payload["seq_len"] == 32 and payload["tokenizer"] == "bytes"
     assert payload["rng"]["numpy"]["keys"].dtype == torch.int64
 
-    original, calls = runner_mod.lm_loss, {"n": 0}
-
-    def interrupted(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:  # dies in step 4, after the step-2 checkpoint
-            raise KeyboardInterrupt
-        return original(*args, **kw)
-
-    monkeypatch.setattr(runner_mod, "lm_loss", interrupted)
+    restore = interrupt_loss_at(4)  # dies in step 4, after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         run(config(tmp_path / "b", small_text, steps=4, checkpoint_every=2))
-    monkeypatch.setattr(runner_mod, "lm_loss", original)
+    restore()
     resumed, _ = run(config(tmp_path / "b", small_text, steps=4, checkpoint_every=2, resume=True))
     assert resumed["training"]["resumed_from_step"] == 2
     assert resumed["training"]["curve"] == full["training"]["curve"]
@@ -136,26 +127,18 @@ def test_interrupted_message_names_the_resume_command():
     assert "resume with" not in interrupted_message(["sweep", "--models", "tpp"], "x.pt")  # takes no --resume
 
 
-def test_ctrl_c_prints_a_resume_command_that_resumes(tmp_path, small_text, monkeypatch, capsys):
+def test_ctrl_c_prints_a_resume_command_that_resumes(tmp_path, small_text, interrupt_loss_at, capsys):
     argv = ["eval", "--model", "tpp", "--task", "bytes", "--data-file", str(small_text), "--steps", "4",
             "--batch-size", "2", "--seq-len", "32", "--limit", "256", "--checkpoint-every", "2",
             "--model-arg", "depth=1", "--model-arg", "dim=32", "--model-arg", "heads=2",
             "--output_path", str(tmp_path / "r"), "--no-progress", "--no-leaderboard"]
-    original, calls = runner_mod.lm_loss, {"n": 0}
-
-    def interrupted(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(*args, **kw)
-
-    monkeypatch.setattr(runner_mod, "lm_loss", interrupted)
+    restore = interrupt_loss_at(4)
     with pytest.raises(SystemExit) as code:
         main(argv)
     assert code.value.code == 130
     err = capsys.readouterr().err
     command = err.strip().splitlines()[-1]
     assert command.startswith("resume with: harness eval ") and command.endswith(" --resume"), err
-    monkeypatch.setattr(runner_mod, "lm_loss", original)
+    restore()
     main(shlex.split(command.removeprefix("resume with: harness ")))
     assert "resuming from step 2" in capsys.readouterr().out

@@ -41,22 +41,13 @@ def test_cli_tiny_run_writes_record_and_leaderboard(tmp_path, small_text):
     assert (tmp_path / "res" / "leaderboard.csv").read_text().count("transformer-pp") >= 2
 
 
-def test_resume_is_bit_identical(tmp_path, small_text, monkeypatch):
+def test_resume_is_bit_identical(tmp_path, small_text, interrupt_loss_at):
     full, _ = run(config(tmp_path / "a", small_text, steps=12, checkpoint_every=5))
 
-    original = runner_mod.lm_loss
-    calls = {"n": 0}
-
-    def interrupted(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 8:  # dies during step 8, after the step-5 checkpoint
-            raise KeyboardInterrupt
-        return original(*args, **kw)
-
-    monkeypatch.setattr(runner_mod, "lm_loss", interrupted)
+    restore = interrupt_loss_at(8)  # dies during step 8, after the step-5 checkpoint
     with pytest.raises(KeyboardInterrupt):
         run(config(tmp_path / "b", small_text, steps=12, checkpoint_every=5))
-    monkeypatch.setattr(runner_mod, "lm_loss", original)
+    restore()
     resumed, _ = run(config(tmp_path / "b", small_text, steps=12, checkpoint_every=5, resume=True))
     assert resumed["training"]["resumed_from_step"] == 5
     assert resumed["training"]["curve"] == full["training"]["curve"]
