@@ -23,7 +23,6 @@ Lengths are in model tokens, '1k' = 1024.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import DataError, HarnessError
+from tasks.babilong.scoring import binomial_accuracy, mean_of_accuracies
 from tasks.babilong.streaming import can_batch, greedy_continue, greedy_generate, stream_prompts
 from tasks.base import Metric, Task, int_option, reject_unknown_options
 
@@ -191,17 +191,13 @@ class NeedleTask(Task):
                 for i in range(n):
                     outs[i] = greedy_generate(model, prompts[i].tolist(), seg_len, device, self.value_len)
                     bar.update(1)
-            right = sum(list(out) == answers[i].tolist() for i, out in enumerate(outs))
-            p = right / n
-            metrics[f"acc/{name}"] = Metric(100 * p, 100 * math.sqrt(p * (1 - p) / n) if n > 1 else None, n,
-                                            higher_is_better=True)
+            outcomes = [list(out) == answers[i].tolist() for i, out in enumerate(outs)]
+            metrics[f"acc/{name}"] = Metric(*binomial_accuracy(outcomes), higher_is_better=True)
             cells.append(metrics[f"acc/{name}"])
         bar.close()
         if not cells:
             raise HarnessError("no needle length could be scored with this model (see the record's notes)")
-        metrics["acc"] = Metric(sum(c.value for c in cells) / len(cells),
-                                math.sqrt(sum((c.stderr or 0) ** 2 for c in cells)) / len(cells),
-                                sum(c.n for c in cells), higher_is_better=True)
+        metrics["acc"] = Metric(*mean_of_accuracies([(c.value, c.stderr, c.n) for c in cells]), higher_is_better=True)
         return metrics
 
     def describe(self):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from tasks.babilong.scoring import binomial_accuracy, mean_of_accuracies
 from tasks.base import Metric, Task, reject_unknown_options
 
 DEFAULT_VOCAB = 64  # doubled when the largest cell needs more keys (kv_pairs=64 -> 256)
@@ -198,26 +198,20 @@ class SyntheticTask(Task):
         bar = tqdm(total=n * len(self.cells), desc=self.name, unit="seq", disable=not progress)
         for cell in self.cells:
             x, y = self.test_set(cell)
-            right = total = 0
+            outcomes: list[bool] = []
             for lo in range(0, n, self.eval_batch):
                 xb, yb = x[lo:min(n, lo + self.eval_batch)].to(device), y[lo:min(n, lo + self.eval_batch)].to(device)
                 logits, _ = model(xb)
                 hit = (logits.argmax(-1) == yb) | (yb == -100)
                 # an answer's tokens are consecutive targets; group them answer by answer
                 mask = (yb != -100).reshape(len(yb), -1)
-                ok = _answers_right(hit, mask, self.answer_len)
-                right += int(ok.sum())
-                total += ok.numel()
+                outcomes += _answers_right(hit, mask, self.answer_len).tolist()
                 bar.update(len(xb))
-            p = right / total
-            se = 100 * math.sqrt(p * (1 - p) / total) if total > 1 else None
-            metrics[f"acc/{cell.name}"] = Metric(100 * p, se, total, higher_is_better=True)
+            metrics[f"acc/{cell.name}"] = Metric(*binomial_accuracy(outcomes), higher_is_better=True)
             per_cell.append(metrics[f"acc/{cell.name}"])
         bar.close()
-        k = len(per_cell)
-        mean = sum(m.value for m in per_cell) / k
-        se = math.sqrt(sum((m.stderr or 0.0) ** 2 for m in per_cell)) / k
-        metrics["acc"] = Metric(mean, se, sum(m.n for m in per_cell), higher_is_better=True)
+        metrics["acc"] = Metric(*mean_of_accuracies([(m.value, m.stderr, m.n) for m in per_cell]),
+                                higher_is_better=True)
         return metrics
 
 
