@@ -184,7 +184,8 @@ def apply_overrides(config: Any, overrides: dict | None) -> Any:
         current = getattr(config, key)
         kind = type(current) if current is not None else _optional_type(valid[key].type)
         if isinstance(value, str) and kind is not None and kind is not str:
-            if current is None and value.lower() in ("none", "null"):
+            optional = current is None or "None" in str(valid[key].type)  # e.g. `float | None`
+            if optional and value.lower() in ("none", "null"):
                 value = None
             else:
                 try:

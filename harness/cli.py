@@ -312,8 +312,9 @@ def sweep_command(**opts):
                                           "help_option_names": []})
 @click.pass_context
 def lm_eval_command(ctx):
-    """Run lm-evaluation-harness with every registered model available as `--model harness`, e.g.
-    harness lm-eval --model harness --model_args name=titans-mac,checkpoint=PATH --tasks wikitext"""
+    """Run lm-evaluation-harness with every registered model available as `--model harness` and the offline tasks
+    wikitext2_local / wikitext103_local reading --data-dir, e.g.
+    harness lm-eval --model harness --model_args checkpoint=PATH --data-dir ../shared/data --tasks wikitext2_local"""
     from harness.lm_eval_bridge import main as lm_eval_main
 
     lm_eval_main(list(ctx.args))

@@ -1,8 +1,14 @@
 """lm-eval bridge: any registered architecture (a fresh model at a preset, or a saved checkpoint) as an lm-eval model.
 
-    python -m harness.lm_eval_bridge --model harness \\
-        --model_args name=titans-mac,preset=tiny,checkpoint=runs/x/final.pt --tasks wikitext --batch_size 8
-    # or from Python:  import harness.lm_eval_bridge; lm_eval.simple_evaluate(model="harness", model_args=...)
+    python -m harness.lm_eval_bridge --model harness --data-dir ../shared/data \\
+        --model_args name=titans-mac,preset=tiny,checkpoint=runs/x/final.pt --tasks wikitext2_local --batch_size 8
+    # or from Python:  import harness.lm_eval_bridge as b
+    #   lm_eval.simple_evaluate(model="harness", model_args=..., task_manager=b.task_manager(metadata={"data_dir": D}))
+
+Offline tasks (harness/lm_eval_tasks, registered by `main` and `task_manager`): wikitext2_local and
+wikitext103_local are lm-eval's `wikitext` task (its metrics, detokenizer and article-level rolling loglikelihood)
+over the local WikiText files that `harness eval --task wikitext2/wikitext103` would use; `--data-dir DIR` (taken
+out before lm-eval parses the rest), $HARNESS_DATA_DIR or `--metadata '{"data_dir": DIR}'` says where they are.
 
 lm-eval's own CLI does not import this module, so `main(argv)` (and `python -m harness.lm_eval_bridge ...`)
 registers the model under the name "harness" and then runs lm-eval's CLI with the same arguments.
@@ -28,6 +34,7 @@ contexts and lm-eval's own rolling windows. `generate_until` is greedy.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -44,6 +51,7 @@ from harness.errors import HarnessError
 from tasks.doc_scoring import score_items
 from tasks.tokenizer import load_tokenizer
 
+TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")  # offline lm-eval task YAMLs (wikitext2_local, ...)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 CHECKPOINT_KEYS = ("model", "model_name", "preset", "vocab_size", "overrides", "tokenizer")
 
@@ -288,18 +296,66 @@ def register() -> None:
     register_model("harness")(HarnessLM)
 
 
+def task_manager(include_path=None, **kwargs):
+    """lm-eval's TaskManager with the offline tasks of harness/lm_eval_tasks (wikitext2_local, wikitext103_local)
+    added: include_path=... paths come after them, so a user's task of the same name wins."""
+    from lm_eval.tasks import TaskManager
+
+    return _with_local_tasks(TaskManager)(include_path=include_path, **kwargs)
+
+
+def _with_local_tasks(factory):
+    def make(*args, include_path=None, **kwargs):
+        paths = [] if include_path is None else \
+            list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        return factory(*args, include_path=[str(TASKS_DIR), *paths], **kwargs)
+    return make
+
+
+def split_data_dir(argv: list[str]) -> tuple[list[str], str | None]:
+    """(argv without `--data-dir DIR` / `--data-dir=DIR`, DIR or None): the harness' own option, not lm-eval's."""
+    rest, data_dir, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--data-dir", "--data_dir"):
+            if i + 1 >= len(argv):
+                raise HarnessError(f"{arg} needs a folder")
+            data_dir, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith(("--data-dir=", "--data_dir=")):
+            data_dir = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise HarnessError(f"--data-dir {data_dir} is not a folder")
+    return rest, data_dir
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run lm-eval's CLI (`lm-eval run ...` arguments) with the "harness" model registered."""
+    """Run lm-eval's CLI (`lm-eval run ...` arguments) with the "harness" model and the offline tasks of
+    harness/lm_eval_tasks registered. `--data-dir DIR` (the harness' option, taken out before lm-eval parses the
+    rest) is where those tasks find their files; it sets $HARNESS_DATA_DIR for the run."""
+    import lm_eval.tasks
     from lm_eval.__main__ import cli_evaluate
 
     register()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    saved = sys.argv
+    argv, data_dir = split_data_dir(list(sys.argv[1:] if argv is None else argv))
+    saved, saved_env, saved_manager = sys.argv, os.environ.get("HARNESS_DATA_DIR"), lm_eval.tasks.TaskManager
     sys.argv = ["lm-eval", *argv]  # lm-eval's parser reads sys.argv
+    if data_dir is not None:
+        os.environ["HARNESS_DATA_DIR"] = str(Path(data_dir).resolve())
+    lm_eval.tasks.TaskManager = _with_local_tasks(saved_manager)  # the CLI builds its TaskManager from here
     try:
         cli_evaluate()
     finally:
         sys.argv = saved
+        lm_eval.tasks.TaskManager = saved_manager
+        if data_dir is not None:
+            if saved_env is None:
+                os.environ.pop("HARNESS_DATA_DIR", None)
+            else:
+                os.environ["HARNESS_DATA_DIR"] = saved_env
     return 0
 
 

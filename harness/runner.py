@@ -9,6 +9,7 @@ uninterrupted one. A NaN/inf loss stops the run with a clear error; the last goo
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -211,6 +212,20 @@ def validation_metrics(model, task, budget, device, autocast) -> tuple[float | N
     return nll / count, correct / count
 
 
+def task_curve_point(task, model, history, step, tokens_seen, budget, device, autocast, write) -> None:
+    """A point of the task's own learning curve (e.g. BABILong accuracy at 0k and 1k on a few test samples) at a
+    validation step, for tasks that define `progress_metrics`; kept in the history (and so in checkpoints and
+    the record's training.task_curve) as [step, tokens seen, {metric: value}]."""
+    if not hasattr(task, "progress_metrics"):
+        return
+    with autocast():
+        point = task.progress_metrics(model, device=device, seq_len=budget.seq_len)
+    model.train()
+    if point:
+        history.setdefault("task_curve", []).append([step, tokens_seen, point])
+        write(f"step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in point.items()))
+
+
 def tokenizer_identity(task) -> dict:
     """The checkpoint's tokenizer: a spec load_tokenizer reads ('bytes' or a path; None when neither) and the
     file's sha256, so the lm-eval bridge can refuse a different tokenizer of the same vocabulary size."""
@@ -261,9 +276,12 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     notes += widened
     task_info = task.describe()
     if budget.steps and not cfg.checkpoint:  # a split too small for a batch fails now, not after training
+        counters = copy.deepcopy(getattr(task, "train_stats", None))  # the trial rows are not trained on
         task.train_batch(0, 1, budget.seq_len, cfg.seed)
         if budget.eval_batches:
             task.val_batch(0, 1, budget.seq_len)
+        if counters is not None:
+            task.train_stats = counters
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, cfg.preset, task.vocab_size, cfg.model_args).to(device)
     n_params = model.num_parameters()
@@ -386,6 +404,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
                 history["val"].append([done, round(val, 6), round(acc, 6)])
                 if main_rank:
                     bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
+            if main_rank:
+                task_curve_point(task, model, history, done, tokens_seen, budget, device, autocast, bar.write)
             if hasattr(optimizer, "meta_update") and getattr(optimizer, "mode", None) == "explicit":
                 optimizer.meta_update(val_batch=task.val_batch(0, budget.batch_size, budget.seq_len),
                                       train_batches=list(recent), use_unrolled=True)
@@ -396,6 +416,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
 
     if steps and start_step < steps:
         val, acc = validation_metrics(model, task, budget, device, autocast)
+        if main_rank:
+            task_curve_point(task, model, history, steps, tokens_seen, budget, device, autocast, print)
         if val is not None:
             history["val"].append([steps, round(val, 6), round(acc, 6)])
         else:
@@ -431,7 +453,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
                      "final_train_loss": history["train"][-1][1] if history["train"] else None,
                      "final_val_loss": history["val"][-1][1] if history["val"] else None,
                      "final_val_accuracy": history["val"][-1][2] if history["val"] else None,
-                     "curve": history["train"], "val_curve": history["val"]},
+                     "curve": history["train"], "val_curve": history["val"],
+                     **({"task_curve": history["task_curve"]} if history.get("task_curve") else {})},
         "eval": {"limit": limit, "seq_len": budget.seq_len, "time_s": round(eval_time, 3)},
         "wall_time_s": round(time.perf_counter() - wall_start, 3),
         "model_info": model.describe(), "model_args": cfg.model_args, "task_args": cfg.task_args,
@@ -440,6 +463,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     }
     if dctx.active:
         record["distributed"] = dctx.describe()
+    if hasattr(model, "memory_stats"):  # e.g. how often a Titans/MIRAS inner-gradient cap bit in training
+        record["model_stats"] = model.memory_stats()
     if not main_rank:
         return record, False
     if hasattr(optimizer, "report"):

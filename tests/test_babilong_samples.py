@@ -278,7 +278,8 @@ def test_the_default_source_makes_no_network_call(monkeypatch, no_network, capsy
 def test_train_batches_are_deterministic_and_train_only_the_answer():
     from tasks.babilong.task import BabilongTask
 
-    task = BabilongTask(source="generator", samples=1)
+    # the byte form with one sample per row (the word-token, packed default: tests/test_babilong_protocol.py)
+    task = BabilongTask(source="generator", samples=1, tokenizer="bytes", pack=0, extra_questions=0)
     x1, y1 = task.train_batch(3, 5, 400, seed=7)
     x2, y2 = task.train_batch(3, 5, 400, seed=7)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)

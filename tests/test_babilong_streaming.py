@@ -19,7 +19,7 @@ from harness.errors import HarnessError, StreamingUnsupported  # noqa: E402
 from harness.registry import MODELS
 from tasks.babilong.common import ANSWER_TEMPLATE, TASK_LABELS  # noqa: E402
 from tasks.babilong.generator import BabilongGenerator, count_tokens  # noqa: E402
-from tasks.babilong.streaming import (argmax_first, continuation_logprob, greedy_generate, repeat_state,  # noqa: E402
+from tasks.babilong.streaming import (argmax_first, can_batch, continuation_logprob, greedy_generate, repeat_state,  # noqa: E402
                                       score_choices_batched, score_choices_full, score_choices_streaming,
                                       select_state, stream_prompt, stream_prompts)
 from tasks.babilong.task import BabilongTask  # noqa: E402
@@ -85,7 +85,7 @@ def test_non_streaming_models_are_refused_or_skipped():
     with pytest.raises(StreamingUnsupported):
         stream_prompt(NoStreamLM(), [1, 2, 3], 2, "cpu")
     model = NoStreamLM(ToyConfig(max_seq_len=300))
-    task = BabilongTask(source="generator", tasks="qa4", lengths="0k,1k", samples=2)
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa4", lengths="0k,1k", samples=2)
     metrics = task.evaluate(model, device="cpu", seq_len=64, batch_size=1, progress=False)
     assert metrics["acc/qa4/0k"].n == 2  # 0k samples fit one call
     assert "acc/qa4/1k" not in metrics  # 1k samples do not, and the record says so
@@ -94,7 +94,7 @@ def test_non_streaming_models_are_refused_or_skipped():
 
 def test_window_models_score_and_the_record_says_where_the_window_was_exceeded():
     model = WindowedLM(ToyConfig(max_seq_len=512))
-    task = BabilongTask(source="generator", tasks="qa1,qa4", lengths="0k,1k", samples=2)
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1,qa4", lengths="0k,1k", samples=2)
     metrics = task.evaluate(model, device="cpu", seq_len=128, batch_size=1, progress=False)
     assert {"acc/qa1/0k", "acc/qa4/1k", "acc/mean/0k", "acc/mean/1k", "acc/mean"} <= set(metrics)
     notes = task.describe()["eval_notes"]
@@ -103,7 +103,8 @@ def test_window_models_score_and_the_record_says_where_the_window_was_exceeded()
 
 
 def test_metrics_table_and_heatmap(tmp_path):
-    task = BabilongTask(source="generator", tasks="qa1,qa5", lengths="0k,2k", samples=3)
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1,qa5", lengths="0k,2k", samples=3,
+                        long_samples=3)
     metrics = task.evaluate(RunningMeanLM(), device="cpu", seq_len=256, batch_size=1, progress=False)
     for key in ("acc/qa1/0k", "acc/qa5/2k", "acc/mean/0k", "acc/mean/2k", "acc/mean"):
         m = metrics[key]
@@ -129,7 +130,7 @@ def test_constrained_choice_picks_the_label_a_model_prefers():
             return logits * 0 + torch.nn.functional.one_hot(
                 torch.tensor(ord("o")), 256).double() * 5, aux, state
 
-    task = BabilongTask(source="generator", tasks="qa1", lengths="0k", samples=30)
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1", lengths="0k", samples=30)
     metrics = task.evaluate(OfficeLM(), device="cpu", seq_len=128, batch_size=1, progress=False)
     samples = BabilongGenerator(seed=0).eval_samples("qa1", "0k", 0, 30)
     expected = 100 * sum(s.target == "office" for s in samples) / 30
@@ -246,14 +247,14 @@ def test_stream_prompts_feeds_lockstep_segments_and_drops_finished_streams():
         assert torch.allclose(logprobs, ref_logprobs, atol=1e-12)
         assert float(state[1]) == len(prompts[i]) and state[0].shape == (1, 8)
     with pytest.raises(StreamingUnsupported):
-        next(stream_prompts(WindowedLM(), prompts, 4, "cpu"))
+        next(stream_prompts(NoStreamLM(), prompts, 4, "cpu"))
 
 
 @pytest.mark.parametrize("scoring", ["choice", "generate"])
 def test_evaluate_batched_equals_one_sample_at_a_time(scoring):
     results = {}
     for eval_batch in (1, 3, 16):
-        task = BabilongTask(source="generator", tasks="qa1,qa2", lengths="0k,1k", samples=5, scoring=scoring,
+        task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1,qa2", lengths="0k,1k", samples=5, scoring=scoring,
                             eval_batch=eval_batch, max_new_tokens=4)
         metrics = task.evaluate(RunningMeanLM(), device="cpu", seq_len=128, batch_size=1, progress=False)
         evaluation = task.describe()["evaluation"]
@@ -262,10 +263,29 @@ def test_evaluate_batched_equals_one_sample_at_a_time(scoring):
     assert results[1] == results[3] == results[16]
 
 
-def test_evaluate_records_the_one_sample_path_for_window_and_unbatchable_models():
-    task = BabilongTask(source="generator", tasks="qa1", lengths="0k", samples=2)
-    task.evaluate(WindowedLM(ToyConfig(max_seq_len=512)), device="cpu", seq_len=128, batch_size=1, progress=False)
-    assert task.last_eval["batched"] is False and "window" in task.last_eval["batched_why_not"]
+def test_window_models_are_scored_in_batches_with_the_one_sample_scores():
+    """Window models stream in lockstep too (their state is the token tail); within the window the batched
+    scores equal the one-sample path's."""
+    torch.manual_seed(0)
+    model = build_model("transformer-pp", "tiny", vocab_size=256).eval()
+    assert can_batch(model)
+    outcomes = {}
+    for eval_batch in (1, 8):
+        task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1,qa4", lengths="0k", samples=6, eval_batch=eval_batch)
+        metrics = task.evaluate(model, device="cpu", seq_len=128, batch_size=1, progress=False)
+        assert task.last_eval["batched"] == (eval_batch > 1)
+        outcomes[eval_batch] = {k: (m.value, m.n) for k, m in metrics.items()}
+    assert outcomes[1] == outcomes[8]
+    prompts = [[5, 6, 7] * 9, [8, 9] * 5, [3] * 20]
+    cands = [[[1, 2], [4], [7, 7, 7]]] * 3
+    batched = score_choices_batched(model, prompts, cands, model.max_context, "cpu")
+    for prompt, cand, got in zip(prompts, cands, batched):
+        ref = score_choices_full(model, prompt, cand, "cpu")
+        assert got == pytest.approx(ref, abs=1e-4)
+
+
+def test_evaluate_records_the_one_sample_path_for_unbatchable_models():
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1", lengths="0k", samples=2)
 
     class Unbatchable(RunningMeanLM):
         batched_state = False
@@ -274,12 +294,12 @@ def test_evaluate_records_the_one_sample_path_for_window_and_unbatchable_models(
     assert task.last_eval["batched"] is False and "batched_state" in task.last_eval["batched_why_not"]
     for bad in (0, "many"):
         with pytest.raises(HarnessError, match="eval_batch"):
-            BabilongTask(source="generator", eval_batch=bad)
+            BabilongTask(source="generator", tokenizer="bytes", eval_batch=bad)
 
 
 def test_a_smaller_pool_than_asked_is_warned_and_recorded(monkeypatch, capsys):
     """Issue 16: a source with fewer stories than `samples` scored fewer without saying so."""
-    task = BabilongTask(source="generator", tasks="qa1", lengths="0k", samples=3)
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1", lengths="0k", samples=3)
     full = task.source.eval_samples
     monkeypatch.setattr(task.source, "eval_samples", lambda *a: full(*a)[:1])  # a pool of one story
     metrics = task.evaluate(RunningMeanLM(), device=torch.device("cpu"), seq_len=64, batch_size=1,
@@ -294,4 +314,4 @@ def test_a_smaller_pool_than_asked_is_warned_and_recorded(monkeypatch, capsys):
                                             ({"tasks": "qa1,qa2,qa1"}, "tasks")])
 def test_duplicate_lengths_or_tasks_are_rejected(options, named):
     with pytest.raises(HarnessError, match=f"BABILong {named} .*(twice|more than once)"):
-        BabilongTask(source="generator", **options)
+        BabilongTask(source="generator", tokenizer="bytes", **options)

@@ -62,10 +62,12 @@ def test_sweep_recognises_a_finished_babilong_run(tmp_path):
     base = RunConfig(model="?", task="?", steps=1, batch_size=2, limit=1, eval_every=0, eval_batches=1,
                      checkpoint_every=0, output_path=str(tmp_path / "res"), progress=False,
                      model_args={"depth": "1", "dim": "32", "heads": "2"},
-                     task_args={"source": "generator", "tasks": "qa1", "lengths": "0k", "samples": "1"})
+                     task_args={"source": "generator", "tasks": "qa1", "lengths": "0k", "samples": "1",
+                                "curve_samples": "0", "tokenizer": "bytes"})  # bytes: the run widens 128 -> 256
     (job,) = expand(["transformer-pp"], ["babilong"], [0], base)
     record, _ = run(job)
     assert any("widened" in note for note in record["notes"])
+    assert any("budget for preset tiny" in note for note in record["notes"])  # the task's own budget, recorded
     todo, done = pending([job])
     assert (len(todo), len(done)) == (0, 1)
     (other_seed,) = expand(["transformer-pp"], ["babilong"], [1], base)

@@ -27,7 +27,8 @@ def _inputs(depth, momentum, decay, seed=0):
         log_keep=(torch.log(1 - 0.2 * torch.rand(B, H, T, dtype=torch.float64, generator=g))
                   if decay else None),
         log_eta=torch.log(torch.rand(B, H, T, dtype=torch.float64, generator=g)) if momentum else None,
-        bias_param=torch.rand(B, H, T, 1, dtype=torch.float64, generator=g) + 0.1,
+        # Huber thresholds on both sides of the errors' norms (~2): Yaad's norm switch takes both branches
+        bias_param=3 * torch.rand(B, H, T, 1, dtype=torch.float64, generator=g) + 0.1,
     )
     weights = [rand(B, H, dims[i], dims[i + 1]) / dims[i] ** 0.5 for i in range(depth)]
     return x, weights
@@ -127,7 +128,8 @@ def test_streaming_segments_equal_one_call_and_state_is_fixed_size(cuts):
 def test_closed_form_bias_gradients_match_autograd():
     err = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     delta = torch.rand(3, 5, 1, dtype=torch.float64) + 0.05
-    for bias in (make_bias("l2"), make_bias("lp", 3.0), make_bias("lp", 1.5), make_bias("huber")):
+    for bias in (make_bias("l2"), make_bias("lp", 3.0), make_bias("lp", 1.5), make_bias("huber"),
+                 make_bias("huber", huber="coordinate")):
         (auto,) = torch.autograd.grad(bias.loss(err, delta).sum(), err)
         torch.testing.assert_close(bias.grad(err, delta), auto)
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.titans.memory_net import count_capped
+
 _T = lambda x: x.transpose(1, 2)  # noqa: E731  (per-batch matrix transpose of [N, a, b])
 
 
@@ -48,20 +50,20 @@ class _ChunkRun(torch.autograd.Function):
     """The run of whole chunks (see the module doc); `fused_chunk_run` is its entry point."""
 
     @staticmethod
-    def forward(ctx, n_layers, momentum, clip, keep, q, k, v, C, beta, c_end, beta_end, score1,
+    def forward(ctx, n_layers, momentum, clip, keep, stats, q, k, v, C, beta, c_end, beta_end, score1,
                 m, m_end, mo_end, e_end, *states):
         ctx.set_materialize_grads(False)
         L, nc, n = n_layers, q.shape[0], q.shape[2]
         A = list(states[:L])
         S = list(states[L:]) if momentum else None
-        ys, per_chunk = [], []
+        ys, per_chunk, norms = [], [], []  # norms: the per-token gradient norms, for the cap's counter
         for j in range(nc):
             # layer 0's per-token factors ride on its inputs: beta q, m q, (c_end k)^T, (mo_end k)^T
             kq = torch.cat([k[j], beta[j] * q[j]], dim=1)
             ck_t = _T(c_end[j] * k[j])
             mq, mk_t = (m[j] * q[j], _T(mo_end[j] * k[j])) if momentum else (None, None)
             zk, qA0 = torch.bmm(kq, A[0]).split(n, dim=1)
-            # the memory MLP at the chunk-start weights and its closed-form backward (ops._mlp_with_grads)
+            # the memory MLP at the chunk-start weights and its closed-form backward (memory_net.mlp_with_grads)
             acts, sigs, sgs, d2s, es = [k[j]], [], [], [], []
             for l in range(L - 1):
                 z = zk if l == 0 else torch.bmm(acts[l], A[l])
@@ -79,7 +81,7 @@ class _ChunkRun(torch.autograd.Function):
                 if keep:  # silu''(z) = s (1 - s) (2 + z (1 - 2 s)) = (1 - s) (sg + s - h s), for backward
                     d2s.insert(0, torch.addcmul(sg + s, h, s, value=-1.0).mul_(1 - s))
             clips = []
-            if clip is not None:  # ops._clip_token_grads
+            if clip is not None:  # memory_net.clip_token_grads
                 dcs = []
                 for a, d in zip(acts, deltas):
                     na = torch.linalg.vector_norm(a, dim=-1, keepdim=True)
@@ -88,6 +90,7 @@ class _ChunkRun(torch.autograd.Function):
                     f = clip / norm.clamp_min(clip)
                     dcs.append(d * f)
                     clips.append((na, nd, norm, f))
+                    norms.append(norm)
             else:
                 dcs = deltas
             # per layer: the chunk-end states (in the same order of operations as ops._chunk_parallel), then
@@ -119,6 +122,7 @@ class _ChunkRun(torch.autograd.Function):
                 per_chunk.append(dict(A=A, S=S, kq=kq, ck_t=ck_t, mq=mq, mk_t=mk_t, acts=acts, d2s=d2s, sgs=sgs,
                                       es=es, deltas=deltas, dcs=dcs, clips=clips, reads=reads))
             G, A, S = A, new_A, (new_S if momentum else None)
+        count_capped(stats, norms, clip)  # one count for the whole run, never read here (no device sync)
         ctx.n_layers, ctx.momentum, ctx.clip, ctx.per_chunk = L, momentum, clip, per_chunk
         ctx.save_for_backward(q, k, v, C, beta, c_end, beta_end, score1, m, m_end, mo_end, e_end, *states)
         # the last chunk's start states are the op's G, returned as copies (an input must not be returned as
@@ -131,9 +135,9 @@ class _ChunkRun(torch.autograd.Function):
         if torch.is_grad_enabled() or ctx.per_chunk is None:
             # create_graph (higher-order gradients), or a second backward (retain_graph) after the first freed the
             # per-chunk tensors: differentiate the unfused path under autograd instead (the same math, slower)
-            return (None, None, None, None, *_backward_through_autograd(ctx, gy, g_out))
+            return (None, None, None, None, None, *_backward_through_autograd(ctx, gy, g_out))
         per_chunk, ctx.per_chunk = ctx.per_chunk, None
-        return (None, None, None, None, *_backward_by_hand(ctx, per_chunk, gy, g_out))
+        return (None, None, None, None, None, *_backward_by_hand(ctx, per_chunk, gy, g_out))
 
 
 def _backward_through_autograd(ctx, gy, g_out):
@@ -308,18 +312,18 @@ def _backward_by_hand(ctx, per_chunk, gy, g_out):
             g_m, g_m_end, g_mo_end, g_e_end, *gA, *(gS if momentum else ()))
 
 
-def fused_chunk_run(q, k, v, coef, A, S, clip):
+def fused_chunk_run(q, k, v, coef, A, S, clip, stats=None):
     """Runs whole chunks laid out chunk-major: q, k [nc, N, n, d0], v [nc, N, n, dL], coef from
     `ops._coefficients(..., factors=False)` over the same layout, A and S (or None) per-layer states
     [N, d_l, d_{l+1}] before the first chunk; clip: the per-token gradient cap (already divided by the bias's
-    gradient scale) or None. Returns y [nc, N, n, dL], the states after the last chunk and the last chunk's
-    start states."""
+    gradient scale) or None; stats: the cap's counter (memory_net.count_capped) or None. Returns y [nc, N, n,
+    dL], the states after the last chunk and the last chunk's start states."""
     momentum = S is not None
     get = lambda key: coef[key] if momentum else None  # noqa: E731
     # keep what backward needs only when there will be one (without a graph, memory stays flat along a stream)
     inputs = (q, k, v, *coef.values(), *A, *(S or ()))
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    out = _ChunkRun.apply(len(A), momentum, clip, keep, q, k, v, coef["C"], coef["beta"], coef["c_end"],
+    out = _ChunkRun.apply(len(A), momentum, clip, keep, stats, q, k, v, coef["C"], coef["beta"], coef["c_end"],
                           coef["beta_end"], coef["score1"], get("m"), get("m_end"), get("mo_end"),
                           get("e_end"), *A, *(S or ()))
     L = len(A)

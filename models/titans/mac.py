@@ -6,6 +6,9 @@ The sequence is cut into segments of `segment` tokens (aligned to absolute strea
     y = Attn([persistent | h | x])                        eq. 23: queries from x; causal inside the segment
     M_s = write(M_{s-1}, y)                               eq. 24: the memory learns from the attention output
     o = y (x) M*_s(y)                                     eq. 25: output gated by the memory read
+The memory writes and reads RMSNorm(y) (`mac_memory_input="attn_out"`, the default: eqs. 24-25 with the pre-norm
+every memory input gets here); `"residual"` gives it RMSNorm(x + y), the residual stream after attention (the
+harness's earlier form). Either way the block's output is x + RMSNorm(y) * sigmoid(RMSNorm(M*(.))) + FF.
 Causality: token i of a segment sees every persistent token, the retrieved memory tokens h_j and the segment
 tokens x_j for j <= i only (h_j is built from x_j). The score matrix of a segment is [seg, P + 2*seg], so the
 cost is O(T * seg). The memory write/read of eq. 24-25 is per token (the read at token t sees writes up to t).
@@ -46,6 +49,7 @@ class MACBlock(nn.Module):
         super().__init__()
         dim, H = cfg.dim, cfg.heads
         self.H, self.D, self.segment = H, dim // H, cfg.segment
+        self.memory_on_residual = cfg.mac_memory_input == "residual"  # else on the attention output y
         self.norm_in, self.norm_mem, self.norm_ff = RMSNorm(dim), RMSNorm(dim), RMSNorm(dim)
         self.memory = NeuralMemory(dim, H, **memory_kwargs)
         self.retrieve_q = nn.Linear(dim, H * self.memory.head_dim, bias=False)  # W_Q of eq. 21
@@ -89,7 +93,8 @@ class MACBlock(nn.Module):
         mask = _segment_mask(offset, n, 0 if persistent is None else persistent[0].shape[2], x.device)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = self.attn_out(y.transpose(1, 2).reshape(B, n, dim))  # eq. 23
-        m, st["memory"] = self.memory(self.norm_mem(x + y), st["memory"])  # eq. 24-25: write y, read M_t(y_t)
+        mem_in = x + y if self.memory_on_residual else y  # eq. 24-25: write y, read M_t(y_t)
+        m, st["memory"] = self.memory(self.norm_mem(mem_in), st["memory"])
         st["pos"] += n
         return y, m
 

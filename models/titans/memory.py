@@ -6,7 +6,9 @@ squashed into their ranges: theta = theta_max * sigmoid, alpha and eta = sigmoid
 written and read by `models.titans.ops.memory_parallel`; the read is RMS-normalised per head and projected out.
 `grad_clip` caps each token's inner gradient per memory layer (Frobenius norm), as titans-pytorch's
 `max_grad_norm` does: the paper's rule alone lets a depth-2 memory's inner descent run away within one sequence
-once the outer loop learns large steps.
+once the outer loop learns large steps. It is not in the papers, so in training mode the layer counts how many
+(token, layer) gradients it capped (`cap_counts`; TitansLM.memory_stats puts the fraction in the run record).
+`net` picks the memory network (memory_net.py): Titans' MLP or MIRAS' residual x + LN(gelu(x W1) W2).
 
 The memory's initial weights are learned (per head); the outer loop trains them, the projections and the gate
 nets through the unrolled inner updates (the inner gradients are closed-form, so the whole chunked recurrence is
@@ -22,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import CausalDepthwiseConv, RMSNorm
+from models.titans.memory_net import make_net, mlp_apply
 from models.titans.objectives import make_bias, make_retention
-from models.titans.ops import memory_naive, memory_parallel, mlp_apply
+from models.titans.ops import memory_naive, memory_parallel
 
 
 class NeuralMemory(nn.Module):
@@ -31,12 +34,15 @@ class NeuralMemory(nn.Module):
                  expansion: int = 2,
                  chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
                  bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
-                 theta_max: float = 0.01, grad_clip: float | None = None):
+                 theta_max: float = 0.01, grad_clip: float | None = None, net: str = "mlp",
+                 huber: str = "norm"):
         super().__init__()
         head_dim = head_dim or dim // n_heads
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
         self.momentum, self.decay, self.theta_max, self.grad_clip = momentum, decay, theta_max, grad_clip
-        self.bias = make_bias(bias, bias_p)
+        self.bias = make_bias(bias, bias_p, huber)
+        self.net = make_net(net)
+        self._cap_stats = {"capped": None, "total": 0}  # see cap_counts
         self.retention = make_retention(retention, retention_q, scale=math.sqrt(head_dim))
         inner = n_heads * head_dim
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
@@ -108,9 +114,14 @@ class NeuralMemory(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0])
         q, k, v, theta, log_keep, log_eta, bias_param, conv_state = self._inputs(x, state["conv"])
-        op = memory_naive if reference else memory_parallel
-        y, mem = op(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias, self.retention,
-                    bias_param, grad_clip=self.grad_clip)
+        if reference:
+            y, mem = memory_naive(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias,
+                                  self.retention, bias_param, grad_clip=self.grad_clip, net=self.net)
+        else:
+            stats = self._cap_stats if (self.training and self.grad_clip is not None) else None
+            y, mem = memory_parallel(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias,
+                                     self.retention, bias_param, grad_clip=self.grad_clip, net=self.net,
+                                     stats=stats)
         mem["conv"] = conv_state
         return self._output(y), mem
 
@@ -121,4 +132,14 @@ class NeuralMemory(nn.Module):
         if state is None:
             state = self.initial_state(queries.shape[0])
         weights = [self.retention.phi(a) for a in state["A"]]
-        return self._output(mlp_apply(F.normalize(queries, dim=-1), weights), out_weight)
+        return self._output(mlp_apply(F.normalize(queries, dim=-1), weights, self.net), out_weight)
+
+    def cap_counts(self) -> tuple[int, int]:
+        """(capped, counted): the (batch row, head, token, layer) inner gradients that `grad_clip` scaled down,
+        and all that it checked, over every training-mode forward since the layer was built (or `reset_cap_counts`).
+        Reading it syncs the device once."""
+        capped = self._cap_stats["capped"]
+        return (0 if capped is None else int(capped.item())), self._cap_stats["total"]
+
+    def reset_cap_counts(self):
+        self._cap_stats = {"capped": None, "total": 0}

@@ -8,7 +8,9 @@ section 5) as LMs, all built from one `NeuralMemory` layer.
        memory branch only to every k-th block (the TitanMAC 24GB configuration).
   mal: memory as a layer, eqs. 29-31: y = M(x), o = SWA*([persistent | y]).
 MIRAS Moneta (l_3 bias, l_4 retention), Yaad (Huber bias, decay retention) and Memora (l2 bias, KL retention)
-use the lmm layout with their bias/retention and no momentum (MIRAS section 5.3).
+use the lmm layout with their bias/retention, no momentum and the residual memory x + LN(W1 GELU(W2 x)) with
+expansion 4 (MIRAS section 5.3). Every departure from the papers is a config field whose default is the paper's
+form (docs/faithfulness.md).
 
 Every model streams exactly ("state"): per block the memory state (weights, momentum, chunk-start weights,
 conv tail) and the attention's KV window or current segment; state is detached between calls.
@@ -37,22 +39,32 @@ class TitansConfig:
     heads: int = 4  # attention heads and memory heads (head dim = dim / heads)
     ff_hidden: int = 512  # SwiGLU hidden width
     memory_depth: int = 2  # L_M: layers of each head's memory MLP (1 = matrix memory)
-    memory_expansion: int = 2  # hidden width of the memory MLP = expansion * head dim
+    memory_expansion: int = 2  # hidden width of the memory MLP = expansion * head dim (MIRAS flavors: 4)
+    # memory network (memory_net.py): "mlp" = Titans' silu(x W1) W2 (section 3.1); "residual_ln" = MIRAS'
+    # x + LN(W1 GELU(W2 x)) (section 5.3), the default of the miras-* flavors
+    memory_net: str = "mlp"
     chunk_size: int = 16  # b: tokens whose inner gradients are taken at the same weights (section 3.2)
     conv_size: int = 4  # depthwise causal conv on q, k, v
     momentum: bool = True  # surprise momentum eta_t (eq. 13); MIRAS variants run without
     decay: bool = True  # forgetting gate alpha_t (eq. 13 / retention gate)
     bias: str = "l2"  # attentional bias: l2 | lp | huber
     bias_p: float = 3.0  # p of the l_p bias (Moneta: 3)
+    # form of the Huber bias: "norm" = Yaad's (MIRAS section 5.3: l2 gradient where ||e||_2 <= delta_t, delta_t
+    # times the l1 gradient elsewhere); "coordinate" = sum_j Huber(e_j), the harness's earlier form
+    huber: str = "norm"
     retention: str = "decay"  # decay (l2) | lq (Moneta) | kl (Memora)
     retention_q: float = 4.0  # q of the l_q retention (Moneta: 4)
     theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverged at init)
     # cap on the norm of each token's inner gradient per memory layer (titans-pytorch's max_grad_norm); without
     # it the depth-2 memory's inner descent can run away within one sequence once the gates learn a large step
     # (titans-mac at lr 3e-3 on BABILong: 0.5 -> 1e23 in one step); 2.0 is above the 99th percentile at init
+    # (not in the papers: TitansLM.memory_stats reports the fraction of gradients it capped in training)
     inner_grad_clip: float | None = 2.0
     window: int = 64  # sliding-window attention width (mag, mal)
     segment: int = 32  # MAC segment length
+    # what MAC's memory writes and reads: "attn_out" = the attention output y_t (Titans eqs. 24-25: M_t written
+    # with y_t, o_t = y_t (x) M*_t(y_t)); "residual" = the residual stream x_t + y_t, the harness's earlier form
+    mac_memory_input: str = "attn_out"
     n_persistent: int = 4  # learnable persistent tokens visible to every position (mac, mag, mal)
     memory_every: int = 1  # mag: a memory branch in every k-th block (others are plain SWA blocks)
     tie_embeddings: bool = False  # share the input embedding with the output head
@@ -63,7 +75,7 @@ def _memory_kwargs(cfg: TitansConfig) -> dict:
                 conv_size=cfg.conv_size, momentum=cfg.momentum, decay=cfg.decay, bias=cfg.bias,
                 bias_p=cfg.bias_p,
                 retention=cfg.retention, retention_q=cfg.retention_q, theta_max=cfg.theta_max,
-                grad_clip=cfg.inner_grad_clip)
+                grad_clip=cfg.inner_grad_clip, net=cfg.memory_net, huber=cfg.huber)
 
 
 class LMMBlock(nn.Module):
@@ -138,6 +150,8 @@ class TitansLM(LMAdapter):
             raise HarnessError(f"unknown Titans variant {cfg.variant!r}; accepted: lmm, mac, mag, mal")
         if cfg.dim % cfg.heads:
             raise HarnessError(f"dim {cfg.dim} is not divisible by heads {cfg.heads}")
+        if cfg.mac_memory_input not in ("attn_out", "residual"):
+            raise HarnessError(f"unknown mac_memory_input {cfg.mac_memory_input!r}; accepted: attn_out, residual")
         if cfg.memory_depth < 1 or cfg.chunk_size < 1 or cfg.segment < 1 or cfg.window < 1:
             raise HarnessError("memory_depth, chunk_size, segment and window must all be >= 1")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -163,6 +177,22 @@ class TitansLM(LMAdapter):
             nn.init.normal_(module.weight, 0.0, 0.02)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, 0.02)
+
+    def memory_stats(self) -> dict:
+        """For the run record: how often the inner-gradient cap (not in the papers) bit in training-mode
+        forwards, as the fraction of (batch row, head, token, layer) inner gradients it scaled down."""
+        clip = self.config.inner_grad_clip
+        if clip is None:
+            return {"inner_grad_clip": None}
+        capped = counted = 0
+        for module in self.modules():
+            if isinstance(module, NeuralMemory):
+                c, n = module.cap_counts()
+                capped, counted = capped + c, counted + n
+        out = {"inner_grad_clip": clip, "grad_cap_counted": counted, "grad_cap_capped": capped}
+        if counted:  # absent, not 0, when nothing was counted (no training-mode forward)
+            out["grad_cap_fraction"] = capped / counted
+        return out
 
     def forward_with_state(self, input_ids, state):
         x = self.embed(input_ids)

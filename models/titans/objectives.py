@@ -11,7 +11,10 @@ the inner loop); the token-by-token reference differentiates `loss` with torch.f
 independent.
   - L2Bias:    ||e||^2                                     (Titans eq. 12)
   - LpBias:    ||e||_p^p, p = 3 for Moneta                  (MIRAS eq. for Moneta)
-  - HuberBias: sum_j Huber_delta_t(e_j), delta_t > 0 a learned function of x_t (Yaad)
+  - NormHuberBias: Yaad's (MIRAS section 5.3), switched on the error's norm: the l2 gradient 2e where
+                 ||e||_2 <= delta_t, delta_t times the l1 gradient, delta_t sign(e), elsewhere (delta_t > 0 a
+                 learned function of x_t). The default Huber bias (`huber="norm"`).
+  - HuberBias:   sum_j Huber_delta_t(e_j), coordinate-wise (`huber="coordinate"`; the harness's earlier form).
 
 Retention: the memory carries a state A per weight matrix that follows the linear recurrence
 A_t = keep_t * A_{t-1} + S_t (S the momentum/surprise, keep_t = 1 - alpha_t); the weights are W_t = phi(A_t).
@@ -87,6 +90,28 @@ class HuberBias:
         return self.grad_scale * self.grad_direction(err, param)
 
 
+class NormHuberBias:
+    """Yaad's attentional bias (MIRAS, arXiv 2504.13173, section 5.3): W_t = alpha_t W_{t-1} - eta_t grad l2 if
+    ||M(k_t) - v_t||_2 <= delta_t, else - eta_t delta_t grad l1, with l2 = ||e||_2^2 and l1 = ||e||_1: the
+    gradient with respect to the prediction is 2e or delta_t sign(e). `loss` is a function with that gradient
+    (||e||^2 or delta_t ||e||_1, picked by the norm; delta_t is not differentiated through the switch).
+    `param` is delta_t [..., 1] > 0."""
+
+    name, needs_param = "huber", True
+    grad_scale = 2.0  # grad = 2 * (e or delta/2 sign(e)): halving is exact, so the power of two still folds
+
+    def loss(self, err, param):
+        inside = torch.linalg.vector_norm(err, dim=-1, keepdim=True) <= param
+        return torch.where(inside, err.pow(2), param * err.abs()).sum(-1)
+
+    def grad_direction(self, err, param):
+        inside = torch.linalg.vector_norm(err, dim=-1, keepdim=True) <= param
+        return torch.where(inside, err, (0.5 * param) * torch.sign(err))
+
+    def grad(self, err, param):
+        return self.grad_scale * self.grad_direction(err, param)
+
+
 class DecayRetention:
     name, linear = "decay", True
 
@@ -95,16 +120,21 @@ class DecayRetention:
 
 
 class LqRetention:
+    """W = A / ||A||_q^(q-2) with the exact norm (sum |A|^q)^(1/q), computed as (sum |A|^q)^((q-2)/q). The one
+    guard is where the sum is 0 (A = 0, so W = 0 whatever it is divided by): there it divides by 1, which keeps
+    the value 0 and every gradient finite (the map itself is singular at 0 for q > 2)."""
+
     linear = False
 
-    def __init__(self, q: float = 4.0, eps: float = 1e-6):
+    def __init__(self, q: float = 4.0):
         if q < 2:
             raise HarnessError(f"l_q retention needs q >= 2, got {q}")
-        self.q, self.eps, self.name = float(q), eps, f"l{q:g}"
+        self.q, self.name = float(q), f"l{q:g}"
 
     def phi(self, A):
-        norm = A.abs().pow(self.q).sum(dim=(-2, -1), keepdim=True).add(self.eps).pow(1.0 / self.q)
-        return A / norm.pow(self.q - 2)
+        total = A.abs().pow(self.q).sum(dim=(-2, -1), keepdim=True)
+        total = torch.where(total > 0, total, torch.ones_like(total))
+        return A / total.pow((self.q - 2) / self.q)
 
 
 class KLRetention:
@@ -117,13 +147,18 @@ class KLRetention:
         return self.scale * torch.softmax(A, dim=-2)
 
 
-BIASES = {"l2": L2Bias, "lp": LpBias, "huber": HuberBias}
+BIASES = {"l2": L2Bias, "lp": LpBias, "huber": NormHuberBias}
+HUBER = {"norm": NormHuberBias, "coordinate": HuberBias}  # Yaad's (the default) | coordinate-wise
 RETENTIONS = {"decay": DecayRetention, "lq": LqRetention, "kl": KLRetention}
 
 
-def make_bias(name: str, p: float = 3.0):
+def make_bias(name: str, p: float = 3.0, huber: str = "norm"):
     if name not in BIASES:
         raise HarnessError(f"unknown attentional bias {name!r}; accepted: {', '.join(BIASES)}")
+    if huber not in HUBER:
+        raise HarnessError(f"unknown Huber form {huber!r}; accepted: {', '.join(HUBER)}")
+    if name == "huber":
+        return HUBER[huber]()
     return LpBias(p) if name == "lp" else BIASES[name]()
 
 

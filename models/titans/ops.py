@@ -1,7 +1,8 @@
 """The neural long-term memory's write/read recurrence (Titans, arXiv 2501.00663, eqs. 12-15 and section 3.2),
 as a chunk-parallel op and a token-by-token reference.
 
-Per head the memory is an MLP with weight matrices W^1..W^L (L = 1: a matrix memory), x -> silu(x W^1) ... W^L.
+Per head the memory is a network with weight matrices W^1..W^L (L = 1: a matrix memory), Titans' MLP
+x -> silu(x W^1) ... W^L or MIRAS' residual x -> x + LN(gelu(x W^1) ... W^L) (memory_net.py).
 Each weight matrix has a state A (W = phi(A), see objectives.py) and a momentum S. For token t:
     u_t = d loss(M_{W_g}(k_t) - v_t) / dW                gradient at the chunk-start weights W_g (section 3.2),
                                                           optionally scaled to norm <= grad_clip per layer
@@ -30,46 +31,11 @@ written by hand, tested against autograd through `_chunk_parallel`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from models.titans.fused_run import fused_chunk_run
+from models.titans.memory_net import MLPNet, clip_token_grads, mlp_apply, mlp_with_grads
 from models.titans.objectives import L2Bias
-
-
-def mlp_apply(x, weights):
-    """x [..., n, d0] through silu(x W1) ... W_L with per-head weights [..., d_{l-1}, d_l]."""
-    for l, W in enumerate(weights):
-        x = x @ W
-        if l < len(weights) - 1:
-            x = F.silu(x)
-    return x
-
-
-def _mlp_with_grads(k, v, weights, bias, bias_param, z_first=None):
-    """Forward at the chunk-start weights and closed-form backward of the attentional bias (batch-flat
-    [N, n, d] tensors): returns the layer inputs a_l and output-gradients delta_l, so that
-    dloss_i/dW_l = bias.grad_scale * a_l[i]^T delta_l[i] (the scale is left to the caller).
-    z_first: k @ W_1 when the caller already has it."""
-    acts, sigs, h = [], [], k
-    last = len(weights) - 1
-    for l, W in enumerate(weights):
-        acts.append(h)
-        z = torch.bmm(h, W) if (l or z_first is None) else z_first
-        if l < last:
-            s = torch.sigmoid(z)
-            h = z * s
-            sigs.append((s, h))
-        else:
-            h = z
-    delta = bias.grad_direction(h - v, bias_param)  # the caller folds bias.grad_scale into theta
-    deltas = [delta]
-    for l in range(last, 0, -1):
-        s, h = sigs[l - 1]
-        silu_grad = torch.addcmul(s + h, h, s, value=-1.0)  # silu'(z) = s + z s (1 - s) = s + h - h s
-        delta = torch.bmm(delta, weights[l].transpose(1, 2)) * silu_grad
-        deltas.insert(0, delta)
-    return acts, deltas
 
 
 def _decay_matrix(logs, lower):
@@ -198,31 +164,20 @@ def _add_factors(coef, q, k):
     return coef
 
 
-def _clip_token_grads(acts, deltas, max_norm):
-    """Scale every token's gradient of every layer, u_i = a_i^T delta_i, to Frobenius norm <= max_norm, as
-    torch.nn.utils.clip_grad_norm_ does per step: |u_i| = |a_i| |delta_i| for an outer product, so the norm
-    costs two row norms and u_i is never formed. Returns the scaled deltas (backpropagation inside the memory
-    MLP used the unscaled ones: the clip applies to each layer's gradient, not to the chain)."""
-    out = []
-    for a, d in zip(acts, deltas):
-        norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True) * torch.linalg.vector_norm(d, dim=-1, keepdim=True)
-        out.append(d * (max_norm / norm.clamp_min(max_norm)))  # [N, n, d] * [N, n, 1]
-    return out
-
-
-def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_clip=None):
+def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_clip=None, net=None, stats=None):
     """One chunk (or the part of one that falls in this call), batch-flat: q, k [N,n,d0], v [N,n,dL], coef
     from
     `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start
-    states."""
+    states; net: the memory network (memory_net.py, default `mlp`); stats: the cap's counter (`count_capped`)."""
+    net = net or MLPNet()
     weights_g = [retention.phi(g) for g in G]
     n = q.shape[1]
     shared = G is A and retention.linear  # the chunk starts here: k and q both meet A_0 in layer 1
     if shared:
         zk, qA0 = torch.bmm(coef["kq"], A[0]).split(n, dim=1)
-    acts, deltas = _mlp_with_grads(k, v, weights_g, bias, bias_param, zk if shared else None)
+    acts, deltas = mlp_with_grads(k, v, weights_g, bias, bias_param, zk if shared else None, net)
     if grad_clip is not None:
-        deltas = _clip_token_grads(acts, deltas, grad_clip)
+        deltas = clip_token_grads(acts, deltas, grad_clip, stats)
     C, beta, momentum = coef["C"], coef["beta"], S is not None
     r, new_A, new_S = q, [], []
     last = len(A) - 1
@@ -254,8 +209,9 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_cl
             A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) + torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
             if momentum:
                 A_t = A_t + coef["m"].unsqueeze(-1) * S[l].unsqueeze(1)
-            z = torch.einsum("nta,ntac->ntc", r, retention.phi(A_t))
-        r = F.silu(z) if l < last else z
+            W_t = retention.phi(A_t)
+            z = torch.einsum("nta,ntac->ntc", r, net.last_weight(W_t) if l == last else W_t)
+        r = net.act(z) if l < last else net.head(q, z)
     return r, new_A, (new_S if momentum else None)
 
 
@@ -269,21 +225,24 @@ def _walk(T, chunk_size, pos):
 
 
 def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None,
-                    grad_clip=None, fused=None):
+                    grad_clip=None, fused=None, net=None, stats=None):
     """Write every token into the memory and read each one back after its write, chunk-parallel.
 
     q, k [B,H,T,d_in]; v [B,H,T,d_out]; theta [B,H,T] (inner learning rate); log_keep = log(1 - alpha) [B,H,T]
     or None (no forgetting); log_eta = log(momentum) [B,H,T] or None (no momentum); bias_param [B,H,T,1] or None;
-    grad_clip: cap on the Frobenius norm of every token's gradient per layer (None: no cap).
+    grad_clip: cap on the Frobenius norm of every token's gradient per layer (None: no cap); stats: a dict
+    that counts the capped gradients (memory_net.count_capped) or None. net: the memory network (memory_net.py;
+    None: `mlp`).
     state = {"A": [per-layer [B,H,d_{l-1},d_l]], "S": [...] or None, "G": [...], "pos": int}.
     fused: run the whole chunks through `fused_run` (one autograd node with a hand-written backward, the same
     math); None: wherever it applies (the l2 bias with linear retention); False: autograd through
     `_chunk_parallel` per chunk, the path the fused one is tested against.
     Returns y [B,H,T,d_out] and the new state."""
-    fusable = retention.linear and isinstance(bias, L2Bias)
+    net = net or MLPNet()
+    fusable = retention.linear and isinstance(bias, L2Bias) and net.name == "mlp"
     if fused and not fusable:
-        raise HarnessError(f"the fused memory op covers the l2 bias with linear retention, not {bias.name} "
-                           f"with {retention.name}; use fused=None or False")
+        raise HarnessError(f"the fused memory op covers the l2 bias with linear retention and the mlp memory, "
+                           f"not {bias.name} with {retention.name} and {net.name}; use fused=None or False")
     fused = fusable if fused is None else fused
     Bsz, H, T = q.shape[:3]
     flat_list = lambda xs: None if xs is None else [x.flatten(0, 1) for x in xs]  # noqa: E731
@@ -296,23 +255,23 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     for is_run, starts_chunk, (qc, kc, vc, pc, coef) in _cut(_walk(T, chunk_size, pos), chunk_size, pos, q, k, v,
                                                              theta, log_keep, log_eta, bias_param, fused):
         if is_run and fused:  # whole chunks, chunk-major [nc, B*H, n, ...]: each starts its own chunk
-            y, A, S, G = fused_chunk_run(qc, kc, vc, coef, A, S, grad_clip)
+            y, A, S, G = fused_chunk_run(qc, kc, vc, coef, A, S, grad_clip, stats)
             outs.append(y.movedim(0, 1).reshape(Bsz, H, -1, y.shape[-1]))
             continue
         if is_run:
-            ys, A, S, G = run_chunks(qc, kc, vc, pc, coef, A, S, bias, retention, grad_clip)
+            ys, A, S, G = run_chunks(qc, kc, vc, pc, coef, A, S, bias, retention, grad_clip, net, stats)
             outs.extend(y.unflatten(0, (Bsz, H)) for y in ys)
             continue
         if starts_chunk:
             G = A
-        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention, grad_clip)
+        y, A, S = _chunk_parallel(qc, kc, vc, coef, pc, A, S, G, bias, retention, grad_clip, net, stats)
         outs.append(y.unflatten(0, (Bsz, H)))
     unflat = lambda xs: None if xs is None else [x.unflatten(0, (Bsz, H)) for x in xs]  # noqa: E731
     y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
     return y, {"A": unflat(A), "S": unflat(S), "G": unflat(G), "pos": pos + T}
 
 
-def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip):
+def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip, net=None, stats=None):
     """Whole chunks laid out chunk-major ([nc, B*H, n, ...], coefficients with their factors), each through
     `_chunk_parallel` under autograd: the unfused path, and the fused op's route to higher-order gradients.
     Returns the per-chunk outputs, the end states and the last chunk's start states."""
@@ -322,7 +281,7 @@ def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip):
     for j in range(len(v)):
         G = A  # every chunk of the run starts at a chunk boundary
         y, A, S = _chunk_parallel(*(c[j] for c in cols[:3]), {key: val[j] for key, val in per_chunk.items()},
-                                  cols[3][j], A, S, G, bias, retention, grad_clip)
+                                  cols[3][j], A, S, G, bias, retention, grad_clip, net, stats)
         ys.append(y)
     return ys, A, S, G
 
@@ -363,7 +322,7 @@ def _cut(pieces, chunk_size, pos, q, k, v, theta, log_keep, log_eta, bias_param,
 
 
 def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, retention, bias_param=None,
-                 grad_clip=None):
+                 grad_clip=None, net=None):
     """Reference: the recurrence walked one token at a time, with the per-token gradient taken by
     torch.func.grad
     of the bias's loss (not the closed form) at the chunk-start weights."""
@@ -376,7 +335,7 @@ def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, ret
         bp = None if bias_param is None else bias_param[:, :, t:t + 1]
 
         def inner_loss(weights):
-            return bias.loss(mlp_apply(kt, weights) - vt, bp).sum()
+            return bias.loss(mlp_apply(kt, weights, net) - vt, bp).sum()
 
         grads = torch.func.grad(inner_loss)([retention.phi(g) for g in G])
         if grad_clip is not None:  # the per-token norm of each layer's full gradient matrix
@@ -389,5 +348,5 @@ def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, ret
             A = [keep * a + s for a, s in zip(A, S)]
         else:
             A = [keep * a - th * u for a, u in zip(A, grads)]
-        outs.append(mlp_apply(q[:, :, t:t + 1], [retention.phi(a) for a in A]))
+        outs.append(mlp_apply(q[:, :, t:t + 1], [retention.phi(a) for a in A], net))
     return torch.cat(outs, dim=2), {"A": A, "S": S, "G": G, "pos": pos + q.shape[2]}

@@ -38,3 +38,32 @@ def plot_heatmap(table: dict[str, dict[str, float]], path, title: str = "BABILon
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_learning_curve(task_curve: list, path, title: str = "BABILong learning curve",
+                        chance: float | None = None) -> Path:
+    """Write accuracy (%) against training tokens, one line per metric of the runner's `training.task_curve`
+    ([step, tokens seen, {metric: value}] points); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({name for _, _, point in task_curve for name in point})
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name in names:
+        points = [(tokens, point[name]) for _, tokens, point in task_curve if name in point]
+        ax.plot([t / 1e6 for t, _ in points], [v for _, v in points], marker="o", label=name.split("/")[-1])
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

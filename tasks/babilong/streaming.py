@@ -9,14 +9,16 @@ answer from a copy of that state (the model may update its state in place, so ea
 - generation: greedy decoding of up to `max_new_tokens` tokens, fed one token at a time with the state; the text
   is then judged by the benchmark's rule (scoring.compare_answers).
 
-Batched form (models with streaming == "state" and `batched_state`, harness/adapter.py): `stream_prompts` feeds
+Batched form (models with streaming "state" or "window" and `batched_state`, harness/adapter.py): `stream_prompts` feeds
 several prompts in lockstep, all from stream position 0 and sorted by length, in calls of at most `seg_len` tokens
 cut on the seg_len grid and at every prompt's end; a prompt that ends hands over its last log-probs and its row of
 the state and leaves the batch. `score_candidates` then scores all candidates of one prompt in one call: the state
 repeated once per candidate, the candidates right-padded (after the real tokens, so a causal model's scores of the
 real tokens do not see the padding), the log-probs of the real tokens summed. Exact-streaming models give the same
 outputs wherever a stream is cut, so the batched scores equal the per-sample ones up to float rounding (tests check
-every registered state-streaming model).
+every registered state-streaming model). Window models give the same outputs while a stream fits their window;
+past it the sliding window's strides start at each cut, so a sample longer than the window may score slightly
+differently than on the one-sample path (each token still sees at least half a window of context).
 
 `score_choices_full` is the one-call reference (the whole prompt + candidate in one forward); tests check that
 the streamed scores equal it.
@@ -96,8 +98,10 @@ def repeat_state(model, state, n: int):
 
 
 def can_batch(model) -> bool:
-    """Whether `stream_prompts` / `score_candidates` may batch this model's streams."""
-    return model.streaming == "state" and bool(getattr(model, "batched_state", False))
+    """Whether `stream_prompts` / `score_candidates` may batch this model's streams: state models whose state
+    rows can be selected, and window models (their state is the tail of the token stream, one row per stream, and
+    streams fed in lockstep have tails of one length)."""
+    return model.streaming in ("state", "window") and bool(getattr(model, "batched_state", False))
 
 
 @torch.no_grad()

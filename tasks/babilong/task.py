@@ -1,28 +1,29 @@
 """BABILong (Kuratov et al., 2024, "BABILong: Testing the Limits of LLMs with Long Context Reasoning-in-a-Haystack"):
 bAbI qa1..qa5 facts hidden in long background text, accuracy by task and context length.
 
-Protocol: fine-tune on training samples at `train_length` (loss only on the answer tokens), then score every
-(task, length) cell on `samples` evaluation samples. Small models trained from scratch are scored in the
-constrained form: the answer is the label (the benchmark's label set of the task) whose continuation " <label>."
-is most likely after the prompt; `scoring=generate` instead decodes greedily and applies the benchmark's rule.
+Protocol (the defaults; every choice is in the record's task_info):
+- Tokens: words (`tokenizer=words`, words.py): one id per bAbI word, hashed ids for other words, so a tiny model
+  trained from scratch spends its budget on the task, not on spelling. `bytes` and `gpt2` remain options. Sample
+  lengths are always GPT-2 token counts, as in the benchmark.
+- Training rows: training samples at `train_length` (default 0k), packed whole one after another into each row
+  (`pack=1`), each followed by up to `extra_questions` (default 3) more "Where is <person>?" questions about the
+  same context answered by its move facts (training.py); loss on the answer tokens (`loss=answer`, or `all`).
+  Test samples are never trained on and never changed.
+- Budget at preset tiny (`budget_defaults`): 900 steps x 32 rows x 128 tokens, lr 1e-3; the runner records the
+  learning curve (accuracy at 0k and 1k on `curve_samples` test samples per cell) at every validation step.
+- Scoring: every (task, length) cell, `samples` (default 100) samples per 0k cell and `long_samples` (default 25)
+  per longer cell, lengths 0k,1k,2k,4k,8k by default. Small models trained from scratch are scored in the
+  constrained form: the answer is the label (the benchmark's label set of the task) whose continuation
+  " <label>." is most likely after the prompt; `scoring=generate` decodes greedily and applies the benchmark's
+  rule.
+
 Long samples are fed segment by segment with the model's streaming state (streaming.py), so a 128k-token sample
 scores in bounded memory on recurrent models; attention models ("window") score within their window, and the
-record says which lengths exceeded it; models that cannot stream score only samples that fit one call.
-
-Recurrent models (streaming "state") are scored `eval_batch` samples at a time (default 16): the samples of one
-(task, length) cell, sorted by prompt length, are streamed in lockstep and leave the batch as their prompts end,
-and each sample's candidates are scored in one call (streaming.py). Exact-streaming models give the same scores
-as one sample at a time up to float rounding; `eval_batch=1` keeps the one-sample path. Attention models
-("window"), models that cannot stream and models whose state cannot be batched are scored one sample at a time;
-the record's `evaluation.batched` says which path ran.
-
-Models see bytes (vocab 256) by default (`tokenizer=gpt2` switches to GPT-2 tokens when the files are at hand);
-sample lengths are always GPT-2 token counts, as in the benchmark.
-
-Defaults (`harness eval --task babilong --preset tiny` stays a few CPU minutes): tasks qa1..qa5, lengths
-0k,1k,2k,4k, 20 samples per cell, train_length 0k. Ask for more with e.g.
-`--task-arg lengths=0k,1k,4k,16k,128k --task-arg samples=100`. The runner's `limit` can only lower the samples per
-cell (a preset's token limit for LM tasks must not turn into 131072 samples).
+record says which lengths exceeded it; models that cannot stream score only samples that fit one call. Models
+that stream ("state" and "window") are scored `eval_batch` samples at a time (default 16): the samples of one
+cell, sorted by prompt length, are streamed in lockstep and leave the batch as their prompts end, and each
+sample's candidates are scored in one call; `eval_batch=1` keeps the one-sample path. The record's
+`evaluation.batched` says which path ran. The runner's `limit` can only lower the samples per cell.
 """
 
 from __future__ import annotations
@@ -40,15 +41,26 @@ from tasks.base import Metric, Task, int_option
 from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS, TASKS,
                                    context_budget, parse_length, parse_list)
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies
+from tasks.babilong.training import where_questions
+from tasks.babilong.words import WordCodec
 from tasks.babilong.sources import SOURCES, find_builder_files, open_source
 from tasks.babilong.streaming import (argmax_first, can_batch, greedy_continue, greedy_generate, score_candidates,
                                       score_choices_full, score_choices_streaming, stream_prompts)
 
-DEFAULT_LENGTHS = "0k,1k,2k,4k"
+DEFAULT_LENGTHS = "0k,1k,2k,4k,8k"
+# preset tiny: 900 steps x 32 packed rows x 128 word tokens (~3.7M tokens), lr 1e-3 (3e-3 left transformer-pp and
+# titans-mac at chance for 400 steps), the 0k / 1k learning curve every 150 steps
+TINY_BUDGET = {"steps": 900, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "eval_every": 150,
+               "checkpoint_every": 150}
+DEFAULT_EXTRA_QUESTIONS = 3  # "Where is <person>?" questions added to each training sample (training.py)
+DEFAULT_CURVE_SAMPLES = 20  # per (task, length) cell at each validation step: the 0k / 1k learning curve
+DEFAULT_SAMPLES = 100  # per (task, 0k) cell: enough for a binomial stderr of <= 5 points
+DEFAULT_LONG_SAMPLES = 25  # per (task, length > 0k) cell: long samples cost ~length tokens each to score
 DEFAULT_EVAL_BATCH = 16  # samples streamed together by recurrent models (1: one sample at a time)
 TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the training context
-OPTIONS = ("source", "tasks", "lengths", "train_length", "samples", "seed", "scoring", "tokenizer",
-           "max_new_tokens", "segment_len", "eval_batch", "babi_dir", "books_dir", "tokenizer_dir", "data_dir",
+MAX_PACK = 64  # samples at most in one packed training row (a bound on the index space of a row)
+OPTIONS = ("source", "tasks", "lengths", "train_length", "samples", "long_samples", "seed", "scoring", "tokenizer",
+           "max_new_tokens", "segment_len", "eval_batch", "pack", "loss", "extra_questions", "curve_samples", "babi_dir", "books_dir", "tokenizer_dir", "data_dir",
            "data_file")
 
 
@@ -85,8 +97,10 @@ class BabilongTask(Task):
     primary_metric = "acc/mean"
 
     def __init__(self, source: str = "auto", tasks: str = ",".join(TASKS), lengths: str = DEFAULT_LENGTHS,
-                 train_length: str = "0k", samples=20, seed=0, scoring: str = "choice", tokenizer: str = "bytes",
-                 max_new_tokens=None, segment_len=None, eval_batch=DEFAULT_EVAL_BATCH, data_dir=None, babi_dir=None,
+                 train_length: str = "0k", samples=DEFAULT_SAMPLES, long_samples=DEFAULT_LONG_SAMPLES, seed=0,
+                 scoring: str = "choice", tokenizer: str = "words",
+                 max_new_tokens=None, segment_len=None, eval_batch=DEFAULT_EVAL_BATCH, pack=1, loss="answer", extra_questions=DEFAULT_EXTRA_QUESTIONS, curve_samples=DEFAULT_CURVE_SAMPLES,
+                 data_dir=None, babi_dir=None,
                  books_dir=None, tokenizer_dir=None, data_file=None, preset=None, **unknown):
         if unknown:
             raise HarnessError(f"unknown BABILong option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
@@ -97,6 +111,7 @@ class BabilongTask(Task):
             raise HarnessError(f"BABILong lengths {lengths!r} name one length twice; give each length once")
         self.train_length = parse_length(train_length)
         self.samples = _as_int(samples, "samples", 1)
+        self.long_samples = _as_int(long_samples, "long_samples", 1)
         self.seed = _as_int(seed, "seed", 0)
         if scoring not in ("choice", "generate"):
             raise HarnessError(f"BABILong scoring {scoring!r} is not one of choice, generate")
@@ -115,8 +130,10 @@ class BabilongTask(Task):
                 raise DataError("tokenizer=gpt2 needs the GPT-2 files (encoder.json + vocab.bpe): give "
                                 "--data-dir with tokenizers/gpt2 or --task-arg tokenizer_dir=DIR")
             self.codec = GPT2Codec(folder)
+        elif tokenizer == "words":
+            self.codec = WordCodec()
         else:
-            raise HarnessError(f"BABILong tokenizer {tokenizer!r} is not one of bytes, gpt2")
+            raise HarnessError(f"BABILong tokenizer {tokenizer!r} is not one of bytes, gpt2, words")
         self.vocab_size = self.codec.vocab_size
         # Fine-tuning rows (prompt frame + story + answer) need ~256 bytes at 0k; the runner widens a shorter
         # preset context to this and says so in the record.
@@ -125,19 +142,39 @@ class BabilongTask(Task):
             20 if tokenizer == "gpt2" else 40)  # the benchmark generates 20 GPT-2 tokens; ~40 bytes say as much
         self.segment_len = _as_int(segment_len, "segment_len", 1) if segment_len is not None else None
         self.eval_batch = _as_int(eval_batch, "eval_batch", 1)
+        if str(pack) not in ("0", "1"):
+            raise HarnessError(f"BABILong option pack={pack!r} must be 1 (pack samples into training rows) or 0")
+        self.pack = str(pack) == "1"
+        if loss not in ("answer", "all"):
+            raise HarnessError(f"BABILong option loss={loss!r} is not one of answer (loss on the answer tokens), "
+                               f"all (language-model loss on every token of the samples)")
+        self.loss = loss
+        self.extra_questions = _as_int(extra_questions, "extra_questions", 0)
+        self.curve_samples = _as_int(curve_samples, "curve_samples", 0)
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
                             for t in self.tasks}
-        # rows made, rows whose sample was cut at the left (no draw fitted), rows that needed a redraw, and the
-        # story-length cap used for the training context
-        self.train_stats = {"rows": 0, "truncated": 0, "redrawn": 0, "story_line_cap": None}
+        # rows made, rows whose sample was cut at the left (no draw fitted), samples that needed a redraw,
+        # and the story-length cap used for the training context; packed: samples after the first of a row;
+        # tokens / padding: real and padding positions of the rows made
+        self.train_stats = {"rows": 0, "packed": 0, "answers": 0, "truncated": 0, "redrawn": 0, "tokens": 0, "padding": 0,
+                            "story_line_cap": None}
         self.table: dict[str, dict[str, float]] | None = None
         self.last_eval: dict = {}
         self.eval_notes: list[str] = []
 
     # -- samples ----------------------------------------------------------------------------------------------
+    def samples_at(self, length_tokens: int) -> int:
+        """Samples scored per (task, 0k) cell and per (task, longer length) cell."""
+        return self.samples if length_tokens == 0 else self.long_samples
+
     def eval_samples(self, task: str, length: str, length_tokens: int, n: int):
         return self.source.eval_samples(task, length, length_tokens, n)
+
+    def budget_defaults(self, preset: str) -> dict:
+        """The CPU fine-tuning budget at preset tiny (flags override each field; larger presets keep their own):
+        a 15-minute main job on 2 cores for titans-mac, scoring included."""
+        return dict(TINY_BUDGET) if preset == "tiny" else {}
 
     def train_story_cap(self, seq_len: int) -> int | None:
         """Longest story (lines) worth drawing for a training context of seq_len tokens: a bAbI line is ~30
@@ -149,40 +186,76 @@ class BabilongTask(Task):
         length, tokens = self.train_length
         return self.source.train_sample(task, length, tokens, seed, index, max_lines)
 
-    def encode_example(self, sample) -> tuple[list[int], int]:
-        """(prompt + answer tokens, number of answer tokens)."""
-        prompt = self.codec.encode(PROMPT_TEMPLATE.format(context=sample.context, question=sample.question))
-        answer = self.codec.encode(ANSWER_TEMPLATE.format(answer=sample.target))
-        return prompt + answer, len(answer)
+    def encode_example(self, sample, extra_questions: int = 0) -> tuple[list[int], list[int]]:
+        """(prompt + answer tokens, positions of the answer tokens); with extra_questions, up to that many
+        "Where is <person>?" questions about the same context follow the answer (training.py)."""
+        ids = self.codec.encode(PROMPT_TEMPLATE.format(context=sample.context, question=sample.question))
+        answers: list[int] = []
+        pairs = [("", sample.target)] + where_questions(sample.context, sample.question, extra_questions)
+        for frame, target in pairs:
+            ids += self.codec.encode(frame)
+            answer = self.codec.encode(ANSWER_TEMPLATE.format(answer=target))
+            answers += range(len(ids), len(ids) + len(answer))
+            ids += answer
+        return ids, answers
 
-    def _rows(self, step: int, batch_size: int, seq_len: int, seed: int):
+    def _fitting_example(self, task, index, seed, seq_len, cap) -> tuple[list[int], list[int], int]:
+        """(ids, answer positions, draws needed) of training sample `index`: redrawn (up to TRAIN_FIT_TRIES
+        times) until it fits a row of seq_len + 1 tokens; the last draw is returned even if it does not fit."""
+        for attempt in range(TRAIN_FIT_TRIES):
+            sample = self._train_sample(task, index * TRAIN_FIT_TRIES + attempt, seed, cap)
+            ids, answers = self.encode_example(sample, self.extra_questions)
+            if len(ids) <= seq_len + 1:
+                break
+        return ids, answers, attempt + 1
+
+    def _rows(self, step: int, batch_size: int, seq_len: int, seed: int, answers_only: bool = True,
+              stats: dict | None = None):
+        """Training rows: each row holds whole samples (prompt + answer) one after another, as many as fit
+        (`pack=1`; one sample per row with `pack=0`), left-padded; the loss is taken on every answer's tokens.
+        Row b of step s draws samples (s * batch_size + b) * MAX_PACK + k, so rows are a pure function of
+        (seed, step) and a packed row never repeats another row's samples."""
         inputs = torch.full((batch_size, seq_len), self.codec.pad_id, dtype=torch.long)
         targets = torch.full((batch_size, seq_len), -100, dtype=torch.long)
         cap = self.train_story_cap(seq_len)
-        self.train_stats["story_line_cap"] = cap
+        stats = {} if stats is None else stats  # counters of training rows only (not validation)
+        stats["story_line_cap"] = cap
+
+        def bump(key: str, n: int = 1) -> None:
+            stats[key] = stats.get(key, 0) + n
         for b in range(batch_size):
-            index = step * batch_size + b
-            task = self.tasks[index % len(self.tasks)]
-            for attempt in range(TRAIN_FIT_TRIES):
-                ids, n_answer = self.encode_example(
-                    self._train_sample(task, index * TRAIN_FIT_TRIES + attempt, seed, cap))
-                if len(ids) <= seq_len + 1:
-                    break
-            self.train_stats["rows"] += 1
-            self.train_stats["redrawn"] += attempt > 0
-            if len(ids) > seq_len + 1:  # no draw fits: keep the end (question + answer), lose the start
-                ids = ids[-(seq_len + 1):]
-                self.train_stats["truncated"] += 1
-            row = torch.tensor(ids, dtype=torch.long)
-            offset = seq_len + 1 - len(ids)  # left padding
+            row_ids: list[int] = []
+            answer_at: list[int] = []  # positions in row_ids of answer tokens
+            for k in range(MAX_PACK if self.pack else 1):
+                index = (step * batch_size + b) * MAX_PACK + k
+                task = self.tasks[(step * batch_size + b + k) % len(self.tasks)]
+                ids, answers, draws = self._fitting_example(task, index, seed, seq_len, cap)
+                if row_ids and len(row_ids) + len(ids) > seq_len + 1:
+                    break  # the row is full: this draw is not used
+                bump("rows" if k == 0 else "packed")
+                bump("redrawn", int(draws > 1))
+                if len(ids) > seq_len + 1:  # no draw fits: keep the end (question + answer), lose the start
+                    cut = len(ids) - (seq_len + 1)
+                    ids, answers = ids[cut:], [a - cut for a in answers if a >= cut]
+                    bump("truncated")
+                bump("answers", len(answers))
+                if answers_only:
+                    answer_at += [len(row_ids) + a for a in answers]
+                else:
+                    answer_at += range(len(row_ids) + (0 if row_ids else 1), len(row_ids) + len(ids))
+                row_ids += ids
+            row = torch.tensor(row_ids, dtype=torch.long)
+            offset = seq_len + 1 - len(row_ids)  # left padding
             inputs[b, offset:] = row[:-1]
-            answer_start = len(ids) - n_answer  # position in ids of the first answer token
-            for k in range(answer_start, len(ids)):
+            for k in answer_at:
                 targets[b, offset + k - 1] = row[k]
+            bump("tokens", len(row_ids) - 1)
+            bump("padding", offset)
         return inputs, targets
 
     def train_batch(self, step, batch_size, seq_len, seed):
-        return self._rows(step, batch_size, seq_len, seed)
+        return self._rows(step, batch_size, seq_len, seed, answers_only=self.loss == "answer",
+                          stats=self.train_stats)
 
     def val_batch(self, index, batch_size, seq_len):
         return self._rows(index, batch_size, seq_len, 0x5EED)
@@ -248,15 +321,17 @@ class BabilongTask(Task):
     @torch.no_grad()
     def evaluate(self, model, *, device, seq_len, batch_size, limit=None, progress=True):
         # `limit` caps the samples per (task, length) cell; the `samples` option sets them
-        n = self.samples if limit is None else min(self.samples, _as_int(limit, "limit", 1))
+        cap = None if limit is None else _as_int(limit, "limit", 1)
+        per_length = {name: self.samples_at(tokens) if cap is None else min(self.samples_at(tokens), cap)
+                      for name, tokens in self.lengths}
         seg_len = self.segment_length(model, seq_len)
         batched = self.eval_batch > 1 and can_batch(model)
-        self.last_eval = {"samples_per_cell": n, "segment_len": seg_len, "model_streaming": model.streaming,
+        self.last_eval = {"samples_per_cell": per_length, "segment_len": seg_len, "model_streaming": model.streaming,
                           "model_window": model.max_context, "batched": batched, "eval_batch": self.eval_batch}
         if not batched:
             self.last_eval["batched_why_not"] = (
                 "eval_batch=1" if self.eval_batch == 1 else
-                f"streaming={model.streaming!r} scores one sample at a time" if model.streaming != "state" else
+                f"streaming={model.streaming!r} scores one sample at a time" if model.streaming == "none" else
                 "the model's state cannot be batched (batched_state=False)")
         model.eval()
         metrics: dict[str, Metric] = {}
@@ -264,9 +339,10 @@ class BabilongTask(Task):
         self.eval_notes = []
         self.last_eval["samples_scored"] = scored = {}  # per cell "task/length": samples actually scored
         window = model.max_context if model.streaming == "window" else None
-        bar = tqdm(total=len(self.tasks) * len(self.lengths) * n, desc="babilong", unit="sample", disable=not progress)
+        bar = tqdm(total=len(self.tasks) * sum(per_length.values()), desc="babilong", unit="sample", disable=not progress)
         for length, tokens in self.lengths:
             exceeded = skipped = 0
+            n = per_length[length]
             for task in self.tasks:
                 samples = self.eval_samples(task, length, tokens, n)
                 if len(samples) < n:  # a fixed pool smaller than asked: say so, the record holds the count
@@ -309,6 +385,24 @@ class BabilongTask(Task):
         self.table = table_from_metrics(metrics)
         return metrics
 
+    CURVE_LENGTHS = ("0k", "1k")
+
+    @torch.no_grad()
+    def progress_metrics(self, model, *, device, seq_len) -> dict[str, float]:
+        """Accuracy (%) at 0k and 1k, mean over the tasks, on the first `curve_samples` evaluation samples of each
+        cell: the learning curve the runner records at each validation step (0: none)."""
+        if not self.curve_samples:
+            return {}
+        saved = (self.lengths, self.samples, self.long_samples, self.table, self.last_eval, self.eval_notes)
+        try:
+            self.lengths = [parse_length(x) for x in self.CURVE_LENGTHS]
+            self.samples = self.long_samples = self.curve_samples
+            metrics = self.evaluate(model, device=device, seq_len=seq_len, batch_size=1, progress=False)
+        finally:
+            self.lengths, self.samples, self.long_samples, self.table, self.last_eval, self.eval_notes = saved
+        return {f"acc/mean/{length}": round(metrics[f"acc/mean/{length}"].value, 2) for length in self.CURVE_LENGTHS
+                if f"acc/mean/{length}" in metrics}
+
     # -- record and plots -------------------------------------------------------------------------------------
     def describe(self):
         info = {
@@ -320,11 +414,18 @@ class BabilongTask(Task):
             "lengths": {name: {"tokens": tokens, "context_tokens": context_budget(tokens)}
                         for name, tokens in self.lengths},
             "length_unit": "GPT-2 tokens; '1k' = 1000 (the benchmark's names); 300 tokens left for the prompt",
-            "samples_per_cell": self.samples,
+            "samples_per_cell": {name: self.samples_at(tokens) for name, tokens in self.lengths},
             "eval_batch": self.eval_batch,
             "seed": self.seed,
             "train_length": self.train_length[0],
             "train_rows": dict(self.train_stats),
+            "train_loss": ("answer tokens only" if self.loss == "answer" else
+                           "every token of the samples (validation: answer tokens only)"),
+            "train_extra_questions": (f"up to {self.extra_questions} extra 'Where is <person>?' questions per "
+                                      f"training sample, answered by its move facts" if self.extra_questions
+                                      else "none"),
+            "train_packing": ("whole samples packed one after another into each training row, loss on every "
+                              "answer" if self.pack else "one sample per training row"),
             "model_tokens": self.codec.name,
             "scoring": ("choice: most likely label continuation " + repr(ANSWER_TEMPLATE) if self.scoring == "choice"
                         else f"generate: greedy {self.max_new_tokens} tokens, judged by the benchmark's rule"),
@@ -342,7 +443,7 @@ class BabilongTask(Task):
         """The accuracy heatmap, written to <results_dir>/plots/; returns the written paths. The runner records
         describe() before training, so the accuracy table and what evaluation found are added to the record's
         task_info here."""
-        from tasks.babilong.plot import plot_heatmap
+        from tasks.babilong.plot import plot_heatmap, plot_learning_curve
 
         metrics = record.get("metrics") if isinstance(record, dict) else None
         table = table_from_metrics(metrics) if metrics else self.table
@@ -361,8 +462,13 @@ class BabilongTask(Task):
         tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)
         path = Path(results_dir) / "plots" / f"{tag}.png"
         title = f"BABILong accuracy (%), source: {self.source.name}"
-        plot_heatmap(table, path, title=title)
-        return [str(path)]
+        written = [str(plot_heatmap(table, path, title=title))]
+        curve = (record.get("training") or {}).get("task_curve") if isinstance(record, dict) else None
+        if curve:
+            chance = 100 * sum(1 / len(self.labels[t]) for t in self.tasks) / len(self.tasks)
+            written.append(str(plot_learning_curve(curve, path.with_name(f"{tag}_curve.png"),
+                                                   title=f"{tag}: accuracy during training", chance=chance)))
+        return written
 
 
 def table_from_metrics(metrics: dict) -> dict[str, dict[str, float]]:

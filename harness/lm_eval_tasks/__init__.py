@@ -1,0 +1,1 @@
+"""Offline lm-eval task definitions (YAML + utils.py), registered by harness.lm_eval_bridge: see utils.py."""
