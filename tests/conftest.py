@@ -54,3 +54,22 @@ def interrupt_loss_at(monkeypatch):
         return lambda: monkeypatch.setattr(runner, "lm_loss", original)
 
     return arm
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connect and name lookup is recorded and fails loudly (not as an OSError a probe would
+    swallow); the test asserts the returned list stays empty."""
+    import socket
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError(f"network call {args!r}")
+
+    for name in ("getaddrinfo", "create_connection", "gethostbyname"):
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return calls

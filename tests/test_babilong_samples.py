@@ -242,25 +242,6 @@ def test_source_selection(monkeypatch, tmp_path):
             "source_sentence_splitter"]
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every socket connect and name lookup is recorded and fails loudly (not as an OSError a probe would
-    swallow)."""
-    import socket
-
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError(f"network call {args!r}")
-
-    for name in ("getaddrinfo", "create_connection", "gethostbyname"):
-        monkeypatch.setattr(socket, name, refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return calls
-
-
 def test_the_default_source_makes_no_network_call(monkeypatch, no_network, capsys):
     from tasks.babilong.sources import HFSource
     from tasks.babilong.task import BabilongTask

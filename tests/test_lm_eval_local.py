@@ -21,27 +21,15 @@ needs_wt2 = pytest.mark.skipif(not WT2_TEST.is_file(), reason=f"{WT2_TEST} (shar
 
 
 @pytest.fixture
-def no_network(monkeypatch, tmp_path_factory):
-    """Every socket connect and name lookup is recorded and fails loudly; the HF offline switches are off (online
-    as far as the environment says) and no cache or $HARNESS_DATA_DIR can stand in for the local files."""
-    import socket
-
+def offline_env(monkeypatch, tmp_path_factory, no_network):
+    """conftest's socket guard, with the HF offline switches off (online as far as the environment says) and no
+    cache or $HARNESS_DATA_DIR that could stand in for the local files; returns the guard's list of calls."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HARNESS_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("HARNESS_CACHE", str(base / "harness-cache"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(base / "hf-datasets"))
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError(f"network call {args!r}")
-
-    for name in ("getaddrinfo", "create_connection", "gethostbyname"):
-        monkeypatch.setattr(socket, name, refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return calls
+    return no_network
 
 
 @pytest.fixture
@@ -66,7 +54,7 @@ def harness_eval_checkpoint(tmp_path: Path, text: Path) -> str:
 
 @needs_wt2
 @pytest.mark.slow
-def test_wikitext2_local_runs_offline_and_reproduces_lm_evals_wikitext(tmp_path, small_text, no_network,
+def test_wikitext2_local_runs_offline_and_reproduces_lm_evals_wikitext(tmp_path, small_text, offline_env,
                                                                        only_local_tasks):
     from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 
@@ -78,7 +66,7 @@ def test_wikitext2_local_runs_offline_and_reproduces_lm_evals_wikitext(tmp_path,
     main(["lm-eval", "--model", "harness", "--model_args", f"checkpoint={checkpoint},max_length={seq_len}",  # README's
           "--data-dir", str(SHARED), "--tasks", "wikitext2_local", "--limit", str(limit), "--device", "cpu",
           "--batch_size", "8", "--output_path", str(tmp_path / "lm-eval"), "--log_samples"])
-    assert no_network == []
+    assert offline_env == []
     (results_file,) = (tmp_path / "lm-eval").rglob("results_*.json")
     (samples_file,) = (tmp_path / "lm-eval").rglob("samples_wikitext2_local_*.jsonl")
     res = json.loads(results_file.read_text())["results"]["wikitext2_local"]
@@ -113,7 +101,7 @@ def test_wikitext2_local_runs_offline_and_reproduces_lm_evals_wikitext(tmp_path,
 
 
 @needs_wt2
-def test_wikitext103_local_reads_its_file_or_names_the_missing_one(tmp_path, small_text, no_network,
+def test_wikitext103_local_reads_its_file_or_names_the_missing_one(tmp_path, small_text, offline_env,
                                                                     only_local_tasks, capsys):
     from harness.lm_eval_bridge import task_manager
     from harness.lm_eval_tasks.utils import load_wikitext2, load_wikitext103
@@ -132,4 +120,4 @@ def test_wikitext103_local_reads_its_file_or_names_the_missing_one(tmp_path, sma
     wt103 = load_wikitext103(data_dir=str(tmp_path))
     assert wt103["test"]["page"] == load_wikitext2(data_dir=str(SHARED))["test"]["page"]
     assert len(wt103["test"]) == 62 and len(wt103["validation"]) == 0
-    assert no_network == []
+    assert offline_env == []

@@ -32,12 +32,7 @@ def plot_heatmap(table: dict[str, dict[str, float]], path, title: str = "BABILon
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("context length (GPT-2 tokens)")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_learning_curve(task_curve: list, path, title: str = "BABILong learning curve",
@@ -61,6 +56,13 @@ def plot_learning_curve(task_curve: list, path, title: str = "BABILong learning 
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
