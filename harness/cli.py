@@ -79,6 +79,15 @@ def _run_options(f=None, *, model_required: bool = True):
         click.option("--no-amp", is_flag=True, help="CUDA: no bf16 autocast / TF32 (float32 throughout)"),
         click.option("--no-progress", is_flag=True, help="no progress bars"),
         click.option("--no-leaderboard", is_flag=True, help="do not rebuild the leaderboard"),
+        click.option("--tensorboard", type=click.Path(), metavar="DIR",
+                     help="log train/val/test curves as TensorBoard event files under DIR/<run name> "
+                     "(pip install -e \".[tensorboard]\")"),
+        click.option("--wandb-project", metavar="NAME",
+                     help="log the same curves to this Weights & Biases project (pip install -e \".[wandb]\"; "
+                     "WANDB_MODE=offline keeps them on disk)"),
+        click.option("--wandb-args", multiple=True, metavar="KEY=VALUE",
+                     help="wandb.init keyword, e.g. entity=me or group=g (repeatable, or comma-separated like "
+                     "lm-eval's --wandb_args)"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -100,7 +109,9 @@ def config_from_options(opts: dict):
         checkpoint=opts["checkpoint"], resume=opts["resume"], output_path=opts["output_path"],
         update_leaderboard=not opts["no_leaderboard"], progress=not opts["no_progress"], compile=opts["compile"],
         prefetch=opts.get("prefetch", 2), amp=not opts.get("no_amp", False), test=not opts.get("no_test", False),
-        fsdp=opts.get("fsdp"))
+        fsdp=opts.get("fsdp"), tensorboard=opts.get("tensorboard"), wandb_project=opts.get("wandb_project"),
+        wandb_args=_key_values(tuple(x for arg in opts.get("wandb_args") or () for x in arg.split(",") if x),
+                               "--wandb-args"))
 
 
 @cli.command("eval")

@@ -36,5 +36,10 @@ def print_run(record: dict, path: Path) -> None:
         click.echo(f"checkpoint -> {record['checkpoint']}")
     for artifact in record.get("artifacts", []):
         click.echo(f"artifact -> {artifact}")
+    logging = record.get("logging") or {}
+    if logging.get("tensorboard"):
+        click.echo(f"tensorboard -> {logging['tensorboard']}")
+    if logging.get("wandb"):
+        click.echo(f"wandb -> {logging['wandb'].get('url') or logging['wandb'].get('dir')}")
     if Path(path).parent.parent.joinpath("leaderboard.csv").exists():
         click.echo(f"leaderboard -> {Path(path).parent.parent / 'leaderboard.csv'}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness import distributed, identity, leaderboard
+from harness import distributed, identity, leaderboard, metric_logger
 from harness.adapter import build_model
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.data import sha256_file
@@ -72,6 +72,9 @@ class RunConfig:
     amp: bool = True  # bf16 autocast + TF32 on CUDA (no effect on the CPU)
     test: bool = True  # score on the test split after training (harness train --no-test skips it)
     fsdp: bool | None = None  # under torchrun: FSDP2 sharding (None: for the medium/large presets, else DDP)
+    tensorboard: str | None = None  # TensorBoard event files under <tensorboard>/<run name> (harness/metric_logger.py)
+    wandb_project: str | None = None  # Weights & Biases project to log the same curves to
+    wandb_args: dict = field(default_factory=dict)  # extra wandb.init keywords, e.g. {"entity": "me"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,18 +215,19 @@ def validation_metrics(model, task, budget, device, autocast) -> tuple[float | N
     return nll / count, correct / count
 
 
-def task_curve_point(task, model, history, step, tokens_seen, budget, device, autocast, write) -> None:
+def task_curve_point(task, model, history, step, tokens_seen, budget, device, autocast, write) -> dict | None:
     """A point of the task's own learning curve (e.g. BABILong accuracy at 0k and 1k on a few test samples) at a
     validation step, for tasks that define `progress_metrics`; kept in the history (and so in checkpoints and
-    the record's training.task_curve) as [step, tokens seen, {metric: value}]."""
+    the record's training.task_curve) as [step, tokens seen, {metric: value}]; returns the point (None: none)."""
     if not hasattr(task, "progress_metrics"):
-        return
+        return None
     with autocast():
         point = task.progress_metrics(model, device=device, seq_len=budget.seq_len)
     model.train()
     if point:
         history.setdefault("task_curve", []).append([step, tokens_seen, point])
         write(f"step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in point.items()))
+    return point or None
 
 
 def tokenizer_identity(task) -> dict:
@@ -246,6 +250,8 @@ def run(cfg: RunConfig) -> tuple[dict, Path]:
             ckpt = progress.get("checkpoint")
             exc.checkpoint = str(ckpt) if ckpt is not None and Path(ckpt).is_file() else None
             raise
+        finally:  # TensorBoard / W&B logs are flushed and closed however the run ended
+            progress.get("logger", metric_logger.NullLogger()).close()
     record["peak_memory_mb"] = round(peak.megabytes, 1)
     record["peak_memory_kind"] = "cuda max allocated" if peak.device.type == "cuda" else "sampled process RSS"
     if not main_rank:  # rank 0 alone writes the record and the leaderboard
@@ -263,6 +269,7 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     model_name, task_name = MODELS.resolve(cfg.model).name, TASKS.resolve(cfg.task).name
     optimizer_name = OPTIMIZERS.resolve(cfg.optimizer).name
     budget = resolve_budget(cfg)
+    metric_logger.require(cfg)  # a missing tensorboard / wandb package fails now, not after training
     device = resolve_device(cfg.device)
     dctx, device = distributed.setup(device, cfg.preset, cfg.fsdp)
     main_rank = dctx.is_main
@@ -337,6 +344,15 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
         if main_rank:
             print(f"resuming from step {start_step} of {ckpt_path}")
 
+    # Live curves (--tensorboard / --wandb-project), named like the checkpoint: model, preset, task, seed, run id.
+    logger = metric_logger.NullLogger()
+    if main_rank and (steps or cfg.test):
+        logger = metric_logger.build(
+            cfg, ckpt_path.stem, {**asdict(cfg), "run_id": key, "config_id": config_id, "budget": budget.to_dict()},
+            start_step=start_step, default_dir=root)
+    if progress is not None:
+        progress["logger"] = logger  # run() closes it
+
     def checkpoint_payload(step: int, final: bool = False, rng: dict | None = None) -> dict:
         payload = {"model": distributed.model_state(dctx, model), "model_name": model_name, "preset": cfg.preset,
                    "vocab_size": task.vocab_size, "overrides": cfg.model_args,
@@ -387,6 +403,7 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
             distributed.clip_grad_norm(dctx, model, budget.grad_clip)
         if hasattr(optimizer, "observe_loss"):
             optimizer.observe_loss(loss.item())
+        step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
         optimizer.step()
         scheduler.step()
         recent.append((inputs, targets))
@@ -395,6 +412,10 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
         tokens_seen += global_tokens
         tokens_this_run += global_tokens
         history["train"].append([step + 1, round(ce_value, 6), round(aux_value, 6)])
+        logged = {"train/loss": ce_value, "train/lr": step_lr}
+        if aux_value:  # models with an auxiliary loss (e.g. MoE load balancing)
+            logged["train/aux"] = aux_value
+        logger.log(step + 1, logged)
         bar.set_postfix(loss=f"{ce_value:.3f}", tok_s=f"{tokens_this_run / max(train_time, 1e-9):,.0f}",
                         refresh=False)
         done = step + 1
@@ -402,10 +423,12 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
             val, acc = validation_metrics(model, task, budget, device, autocast)
             if val is not None:
                 history["val"].append([done, round(val, 6), round(acc, 6)])
+                logger.log(done, {"val/loss": val, "val/accuracy": acc})
                 if main_rank:
                     bar.write(f"step {done}: val loss {val:.4f}, val accuracy {acc:.4f}")
             if main_rank:
-                task_curve_point(task, model, history, done, tokens_seen, budget, device, autocast, bar.write)
+                point = task_curve_point(task, model, history, done, tokens_seen, budget, device, autocast, bar.write)
+                logger.log(done, {f"task/{k}": v for k, v in (point or {}).items()})
             if hasattr(optimizer, "meta_update") and getattr(optimizer, "mode", None) == "explicit":
                 optimizer.meta_update(val_batch=task.val_batch(0, budget.batch_size, budget.seq_len),
                                       train_batches=list(recent), use_unrolled=True)
@@ -417,9 +440,11 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     if steps and start_step < steps:
         val, acc = validation_metrics(model, task, budget, device, autocast)
         if main_rank:
-            task_curve_point(task, model, history, steps, tokens_seen, budget, device, autocast, print)
+            point = task_curve_point(task, model, history, steps, tokens_seen, budget, device, autocast, print)
+            logger.log(steps, {f"task/{k}": v for k, v in (point or {}).items()})
         if val is not None:
             history["val"].append([steps, round(val, 6), round(acc, 6)])
+            logger.log(steps, {"val/loss": val, "val/accuracy": acc})
         else:
             notes.append("validation not measured (--eval-steps 0): no validation loss or accuracy recorded")
         payload = checkpoint_payload(steps, final=False)
@@ -437,6 +462,7 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     else:
         notes.append("not scored on the test split (--no-test)")
     eval_time = time.perf_counter() - eval_start
+    logger.log(steps, {f"test/{name}": m.value for name, m in metrics.items()})
     task_info = {**task_info, **task.describe()}  # what evaluate() found (the early copy keyed the run)
 
     record = {
@@ -463,6 +489,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     }
     if dctx.active:
         record["distributed"] = dctx.describe()
+    if logger.location():  # where --tensorboard / --wandb-project put this run's curves
+        record["logging"] = logger.location()
     if hasattr(model, "memory_stats"):  # e.g. how often a Titans/MIRAS inner-gradient cap bit in training
         record["model_stats"] = model.memory_stats()
     if not main_rank:

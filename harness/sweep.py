@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from harness import identity
+from harness import identity, metric_logger
 from harness.errors import HarnessError
 from harness.registry import MODELS, PRESETS, TASKS
 from harness.results import load_records, results_root
@@ -92,7 +92,7 @@ def cli_args(cfg) -> list[str]:
     flags = {"steps": "--steps", "batch_size": "--batch-size", "seq_len": "--seq-len", "lr": "--lr",
              "eval_every": "--eval-every", "eval_batches": "--eval-steps", "checkpoint_every": "--checkpoint-every",
              "limit": "--limit", "data_dir": "--data-dir", "data_file": "--data-file",
-             "output_path": "--output-path"}
+             "output_path": "--output-path", "tensorboard": "--tensorboard", "wandb_project": "--wandb-project"}
     args = ["eval", "--model", cfg.model, "--task", cfg.task, "--preset", cfg.preset, "--optimizer", cfg.optimizer,
             "--seed", str(cfg.seed), "--device", cfg.device, "--prefetch", str(cfg.prefetch)]
     for name, flag in flags.items():
@@ -100,7 +100,7 @@ def cli_args(cfg) -> list[str]:
         if value is not None:
             args += [flag, str(value)]
     for kind, values in (("--model-arg", cfg.model_args), ("--task-arg", cfg.task_args),
-                         ("--optimizer-arg", cfg.optimizer_args)):
+                         ("--optimizer-arg", cfg.optimizer_args), ("--wandb-args", cfg.wandb_args)):
         for k, v in values.items():
             args += [kind, f"{k}={v}"]
     args += ["--resume", "--no-progress", "--no-leaderboard"] + (["--compile"] if cfg.compile else [])
@@ -135,6 +135,7 @@ def main(models, tasks, seeds, base, executor="local", jobs=1, dry_run=False, sl
          log=print) -> int:
     if jobs < 1:
         raise HarnessError(f"--jobs must be >= 1, got {jobs}")
+    metric_logger.require(base)  # --tensorboard / --wandb-project without the package: fail before any job
     configs = expand(models, tasks, seeds, base)
     todo, done = pending(configs)
     log(f"sweep: {len(configs)} jobs, {len(done)} finished already (skipped), {len(todo)} to run")
