@@ -24,7 +24,13 @@ token, so causality holds exactly; only the aux loss uses batch statistics. Expe
 token->expert assignments sorted by expert (one matmul pair per expert, no Python loop over tokens);
 `MoEFeedForward.forward_naive` is the per-token loop the tests compare against.
 
-Streaming is the "window" form (re-reading at most max_seq_len tokens), like Transformer++.
+Streaming is the "window" form, like Transformer++: every token attends to itself and at most max_seq_len - 1
+previous tokens (exact while a stream fits in max_seq_len, an exact sliding window past it). With `kv_cache` (the
+default) the state is each block's attention key/value cache, {"k", "v": [B, H, S, D] rotated keys and values of
+the last S <= max_seq_len - 1 tokens, "pos": tokens seen} per block (models.common.SlidingWindowAttention's
+state), so a call costs only its new tokens' attention over the cache instead of re-reading the window, and
+candidates after a prompt are scored in one short call; `kv_cache=False` keeps the older token-tail state, re-read
+on every call (harness/adapter.py WindowStreaming), for comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class MoEConfig:
     load_balance_coef: float = 0.01  # weight of the Switch load-balancing loss in aux_loss (5-dollar-llm: 0.01)
     max_seq_len: int = 4096  # longest context one call attends over (full causal attention)
     tie_embeddings: bool = True  # LM head shares the token embedding matrix (as the 5-dollar-llm model does)
+    kv_cache: bool = True  # streaming state: the attention key/value cache (False: the token tail, re-read per call)
 
 
 # Total parameters (all experts counted) matched to Transformer++ at vocab 256: tiny ~1.12M, small ~50.7M,
@@ -125,10 +132,12 @@ class MoEBlock(nn.Module):
         self.ff_norm = RMSNorm(config.d_model)
         self.moe = MoEFeedForward(config.d_model, config.d_ff, config.n_experts, config.top_k)
 
-    def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))[0]
+    def forward(self, x, state=None):
+        """-> (x, load-balancing loss, the attention's new key/value state)."""
+        attended, state = self.attn(self.attn_norm(x), state)
+        x = x + attended
         ff, balance = self.moe(self.ff_norm(x))
-        return x + ff, balance
+        return x + ff, balance, state
 
 
 class MoELM(WindowStreaming, LMAdapter):
@@ -148,13 +157,24 @@ class MoELM(WindowStreaming, LMAdapter):
         if input_ids.shape[1] > self.config.max_seq_len:
             raise HarnessError(f"MoE got {input_ids.shape[1]} tokens in one call; max_seq_len is "
                                f"{self.config.max_seq_len} (stream longer inputs with state=...)")
+        logits, aux, _ = self._run(input_ids, None)
+        return logits, aux
+
+    def forward_with_state(self, input_ids, state):
+        """Streaming; with kv_cache the state is one attention key/value cache per block (module docstring)."""
+        if not self.config.kv_cache:
+            return super().forward_with_state(input_ids, state)  # WindowStreaming: re-read the token tail
+        return self._run(input_ids, state)
+
+    def _run(self, input_ids, state):
         x = self.embed(input_ids)
-        balance = []
-        for block in self.blocks:
-            x, layer_balance = block(x)
+        balance, new_state = [], []
+        for i, block in enumerate(self.blocks):
+            x, layer_balance, layer_state = block(x, None if state is None else state[i])
             balance.append(layer_balance)
+            new_state.append(layer_state)
         aux = self.config.load_balance_coef * torch.stack(balance).mean()
-        return self.lm_head(self.norm(x)), aux
+        return self.lm_head(self.norm(x)), aux, new_state
 
 
 def build(preset: str = "tiny", vocab_size: int = 256, overrides: dict | None = None) -> MoELM:

@@ -11,8 +11,10 @@ for every registered model) while peak memory stays bounded by the segment lengt
 
 How a model streams is declared by `streaming`:
   "state"  - a recurrent state of fixed size (memory models, SSMs, linear attention): exact and O(1) memory.
-  "window" - the model re-reads at most `max_context` previous tokens (attention models): exact while the stream
-             is shorter than max_context, and a sliding window after that; the record says so.
+  "window" - the model sees at most `max_context` tokens (attention models): exact while the stream is shorter
+             than max_context, and a sliding window after that; the record says so. The state is either the tail
+             of the token stream, re-read on every call (`WindowStreaming`), or the attention key/value cache
+             (transformer-pp and moe by default, `kv_cache`), where a call costs only its new tokens.
   "none"   - the model cannot stream; asking raises StreamingUnsupported.
 
 Batches of streams: a state holds one stream per batch row. `model.select_state(state, rows)` keeps the given rows
@@ -142,9 +144,16 @@ def state_batch_size(state: Any) -> int:
 class WindowStreaming:
     """Mixin giving attention models the "window" streaming form: the state is the tail of the token stream
     (at most max_context - 1 tokens); each call re-reads it and returns logits for the new tokens only. This is
-    exact while the stream fits in max_context, and bounded in memory always."""
+    exact while the stream fits in max_context, and bounded in memory always. A model may override
+    forward_with_state with a key/value cache (baselines/transformer_pp.py); a call without state that fits in
+    max_context is always one plain `forward_full` (training)."""
 
     streaming: ClassVar[str] = "window"
+
+    def forward(self, input_ids, state=_NO_STATE):
+        if state is _NO_STATE and (self.max_context is None or input_ids.shape[1] <= self.max_context):
+            return self.forward_full(input_ids)
+        return super().forward(input_ids, state)
 
     def forward_with_state(self, input_ids, state):
         context = input_ids if state is None else torch.cat([state, input_ids], dim=1)

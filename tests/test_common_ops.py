@@ -9,6 +9,8 @@ from models.common import (CausalDepthwiseConv, RMSNorm, RotaryEmbedding, Slidin
 
 @pytest.mark.parametrize("tq,tk,window,n_persistent", [(37, 37, 8, 0), (37, 37, 8, 3), (10, 25, 8, 2),
                                                         (5, 5, 16, 0), (64, 64, 64, 1), (20, 27, 7, 1),
+                                                        # a short streamed call over a cache: the band-mask path
+                                                        (6, 25, 8, 2), (8, 23, 8, 0), (1, 40, 16, 1),
                                                         # the window never binds: the plain causal path
                                                         (10, 25, 32, 0), (10, 25, 25, 2), (25, 25, 25, 0)])
 def test_sliding_window_matches_full_masked_attention(tq, tk, window, n_persistent):

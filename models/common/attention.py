@@ -3,7 +3,10 @@
 Query at position t attends the keys at positions t-w+1 .. t and every persistent key. The fast path splits the
 sequence into blocks of w queries; block i attends to the keys of blocks i-1 and i only, so the score tensor is
 [B, H, T/w, w, 2w + P] -- linear in T -- instead of a masked T x T matrix. When the window does not bind in a
-call (w >= the keys it sees) this is plain causal attention, which sdpa runs without the block structure.
+call (w >= the keys it sees) this is plain causal attention, which sdpa runs without the block structure; a
+streamed call of at most w queries over a cache (the window binds, but the call is short) is one sdpa call with
+the band as a [Tq, P + Tk] mask (Tk < 2w with the w - 1 cached keys below), instead of blocks padded up to the
+cache length.
 `sliding_window_attention_naive` builds the full masked matrix and is the reference the tests compare against.
 
 Streaming: `SlidingWindowAttention` carries the last w-1 rotated keys and values and the position counter, so a
@@ -32,6 +35,8 @@ def sliding_window_attention(q, k, v, window: int, persistent_k=None, persistent
     past = Tk - Tq
     if window >= Tk:  # the window never binds in this call: plain causal attention, no block structure
         return _causal_attention(q, k, v, persistent_k, persistent_v)
+    if Tq <= window:  # a short call over a cache: the band as one mask
+        return _causal_attention(q, k, v, persistent_k, persistent_v, window)
     if past:
         q = F.pad(q, (0, 0, past, 0))  # align queries with key positions; the padding rows are dropped below
     block = window
@@ -62,14 +67,17 @@ def sliding_window_attention(q, k, v, window: int, persistent_k=None, persistent
     return out.view(B, H, n * block, D)[:, :, past:Tk]
 
 
-def _causal_attention(q, k, v, persistent_k=None, persistent_v=None):
+def _causal_attention(q, k, v, persistent_k=None, persistent_v=None, window=None):
     """Causal attention of q [B, H, Tq, D] over k, v [B, H, Tk, D] (query i at key position Tk - Tq + i) and the
-    persistent keys: the blocked path's single-block case without its empty previous block (half the scores)."""
+    persistent keys: the blocked path's single-block case without its empty previous block (half the scores).
+    `window`: also mask keys `window` or more positions back (one [Tq, Tk] band mask)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    if persistent_k is None and Tq == Tk:
+    if persistent_k is None and Tq == Tk and window is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    mask = torch.arange(Tk, device=q.device).view(1, Tk) <= torch.arange(Tk - Tq, Tk, device=q.device).view(Tq, 1)
+    t = torch.arange(Tk - Tq, Tk, device=q.device).view(Tq, 1)
+    s = torch.arange(Tk, device=q.device).view(1, Tk)
+    mask = (s <= t) if window is None else (s <= t) & (s > t - window)
     if persistent_k is not None:
         k = torch.cat([_expand_persistent(persistent_k, B, H, D), k], dim=2)
         v = torch.cat([_expand_persistent(persistent_v, B, H, D), v], dim=2)

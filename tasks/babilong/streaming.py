@@ -16,9 +16,12 @@ the state and leaves the batch. `score_candidates` then scores all candidates of
 repeated once per candidate, the candidates right-padded (after the real tokens, so a causal model's scores of the
 real tokens do not see the padding), the log-probs of the real tokens summed. Exact-streaming models give the same
 outputs wherever a stream is cut, so the batched scores equal the per-sample ones up to float rounding (tests check
-every registered state-streaming model). Window models give the same outputs while a stream fits their window;
-past it the sliding window's strides start at each cut, so a sample longer than the window may score slightly
-differently than on the one-sample path (each token still sees at least half a window of context).
+every registered state-streaming model). Window models give the same outputs while a stream fits their window.
+Past it, those whose state is a key/value cache (transformer-pp and moe by default) still do: which tokens a token
+attends to depends only on its position. The token-tail form (harness/adapter.py WindowStreaming, `kv_cache=False`)
+re-reads strides that start at each cut, so there a sample longer than the window may score slightly differently
+than on the one-sample path (each token still sees at least half a window of context). With a key/value cache a
+call costs only its new tokens: the prompt is read once and the candidates are one short call after it.
 
 `score_choices_full` is the one-call reference (the whole prompt + candidate in one forward); tests check that
 the streamed scores equal it.
