@@ -58,6 +58,20 @@ def _answers(task, inputs, targets):
     return [task.codec.decode(targets[b][targets[b] != -100].tolist()) for b in range(targets.shape[0])]
 
 
+def test_packed_rows_fill_up_with_stories_sized_to_the_room_left():
+    """Later samples of a row are drawn short enough for the room left: rows are mostly tokens, not padding, and
+    no sample is ever cut (every row starts with a whole prompt)."""
+    task = BabilongTask(source="generator")
+    inputs, _ = task.train_batch(0, 32, 128, seed=0)
+    stats = task.describe()["train_rows"]
+    padding = stats["padding"] / (stats["padding"] + stats["tokens"])
+    assert padding < 0.2, padding  # dropping a draw that did not fit left ~50 % of each row empty
+    assert stats["truncated"] == 0 and stats["packed"] >= 32 // 2
+    for b in range(32):
+        row = task.codec.decode(inputs[b][inputs[b] != task.codec.pad_id].tolist())
+        assert row.startswith("<context>")
+
+
 def test_packed_rows_hold_whole_samples_with_every_answer_labelled():
     task = BabilongTask(source="generator", extra_questions=2)
     inputs, targets = task.train_batch(3, 4, 128, seed=7)

@@ -41,7 +41,7 @@ from tasks.base import Metric, Task, int_option
 from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS, TASKS,
                                    context_budget, parse_length, parse_list)
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies
-from tasks.babilong.training import where_questions
+from tasks.babilong.training import fitting_example, pack_rows, where_questions
 from tasks.babilong.words import WordCodec
 from tasks.babilong.sources import SOURCES, find_builder_files, open_source
 from tasks.babilong.streaming import (argmax_first, can_batch, greedy_continue, greedy_generate, score_candidates,
@@ -57,8 +57,7 @@ DEFAULT_CURVE_SAMPLES = 20  # per (task, length) cell at each validation step: t
 DEFAULT_SAMPLES = 100  # per (task, 0k) cell: enough for a binomial stderr of <= 5 points
 DEFAULT_LONG_SAMPLES = 25  # per (task, length > 0k) cell: long samples cost ~length tokens each to score
 DEFAULT_EVAL_BATCH = 16  # samples streamed together by recurrent models (1: one sample at a time)
-TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the training context
-MAX_PACK = 64  # samples at most in one packed training row (a bound on the index space of a row)
+TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the room left in a training row
 OPTIONS = ("source", "tasks", "lengths", "train_length", "samples", "long_samples", "seed", "scoring", "tokenizer",
            "max_new_tokens", "segment_len", "eval_batch", "pack", "loss", "extra_questions", "curve_samples", "babi_dir", "books_dir", "tokenizer_dir", "data_dir",
            "data_file")
@@ -199,59 +198,20 @@ class BabilongTask(Task):
             ids += answer
         return ids, answers
 
-    def _fitting_example(self, task, index, seed, seq_len, cap) -> tuple[list[int], list[int], int]:
-        """(ids, answer positions, draws needed) of training sample `index`: redrawn (up to TRAIN_FIT_TRIES
-        times) until it fits a row of seq_len + 1 tokens; the last draw is returned even if it does not fit."""
-        for attempt in range(TRAIN_FIT_TRIES):
-            sample = self._train_sample(task, index * TRAIN_FIT_TRIES + attempt, seed, cap)
-            ids, answers = self.encode_example(sample, self.extra_questions)
-            if len(ids) <= seq_len + 1:
-                break
-        return ids, answers, attempt + 1
+    def _example(self, task, index, seed, room, cap_lines) -> tuple[list[int], list[int], int]:
+        """(ids, answer positions, draws needed) of training sample `index`, redrawn until it fits `room` tokens
+        (training.fitting_example)."""
+        def draw(attempt):
+            sample = self._train_sample(task, index * TRAIN_FIT_TRIES + attempt, seed, cap_lines)
+            return self.encode_example(sample, self.extra_questions)
+        return fitting_example(draw, room, TRAIN_FIT_TRIES)
 
     def _rows(self, step: int, batch_size: int, seq_len: int, seed: int, answers_only: bool = True,
               stats: dict | None = None):
-        """Training rows: each row holds whole samples (prompt + answer) one after another, as many as fit
-        (`pack=1`; one sample per row with `pack=0`), left-padded; the loss is taken on every answer's tokens.
-        Row b of step s draws samples (s * batch_size + b) * MAX_PACK + k, so rows are a pure function of
-        (seed, step) and a packed row never repeats another row's samples."""
-        inputs = torch.full((batch_size, seq_len), self.codec.pad_id, dtype=torch.long)
-        targets = torch.full((batch_size, seq_len), -100, dtype=torch.long)
-        cap = self.train_story_cap(seq_len)
         stats = {} if stats is None else stats  # counters of training rows only (not validation)
-        stats["story_line_cap"] = cap
-
-        def bump(key: str, n: int = 1) -> None:
-            stats[key] = stats.get(key, 0) + n
-        for b in range(batch_size):
-            row_ids: list[int] = []
-            answer_at: list[int] = []  # positions in row_ids of answer tokens
-            for k in range(MAX_PACK if self.pack else 1):
-                index = (step * batch_size + b) * MAX_PACK + k
-                task = self.tasks[(step * batch_size + b + k) % len(self.tasks)]
-                ids, answers, draws = self._fitting_example(task, index, seed, seq_len, cap)
-                if row_ids and len(row_ids) + len(ids) > seq_len + 1:
-                    break  # the row is full: this draw is not used
-                bump("rows" if k == 0 else "packed")
-                bump("redrawn", int(draws > 1))
-                if len(ids) > seq_len + 1:  # no draw fits: keep the end (question + answer), lose the start
-                    cut = len(ids) - (seq_len + 1)
-                    ids, answers = ids[cut:], [a - cut for a in answers if a >= cut]
-                    bump("truncated")
-                bump("answers", len(answers))
-                if answers_only:
-                    answer_at += [len(row_ids) + a for a in answers]
-                else:
-                    answer_at += range(len(row_ids) + (0 if row_ids else 1), len(row_ids) + len(ids))
-                row_ids += ids
-            row = torch.tensor(row_ids, dtype=torch.long)
-            offset = seq_len + 1 - len(row_ids)  # left padding
-            inputs[b, offset:] = row[:-1]
-            for k in answer_at:
-                targets[b, offset + k - 1] = row[k]
-            bump("tokens", len(row_ids) - 1)
-            bump("padding", offset)
-        return inputs, targets
+        return pack_rows(self._example, self.tasks, step, batch_size, seq_len, seed, pad_id=self.codec.pad_id,
+                         story_cap=self.train_story_cap, pack=bool(self.pack), answers_only=answers_only,
+                         stats=stats)
 
     def train_batch(self, step, batch_size, seq_len, seed):
         return self._rows(step, batch_size, seq_len, seed, answers_only=self.loss == "answer",
