@@ -81,6 +81,7 @@ class TransformerPP(WindowStreaming, LMAdapter):
                 rotary_pos_emb=True, rotary_emb_dim=config.dim // config.heads,  # full-width RoPE as in LLaMA
                 use_rmsnorm=True, ff_glu=True, ff_swish=True, ff_mult=config.ff_mult, ff_no_bias=True,
                 attn_flash=True, attn_max_attend_past=config.attn_window,
+                verbose=False,  # x-transformers logs advice (e.g. on rotary widths) to stderr; errors still raise
             ),
         )
 

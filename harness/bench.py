@@ -32,8 +32,8 @@ Medians and spread (max - min over the repeats) are written to <output-dir>/benc
 against sequence length to <output-dir>/bench_tokens_per_s.png.
 
 Performance switches (`--switches compile,prefetch,eval,amp`): each runs the real training loop (runner.run,
-task `bytes` on ../shared/data/pg19, --switch-steps steps at the preset's batch and length, no test scoring)
-with the switch off and on, and prints/writes steady-state tokens/s to <output-dir>/switches.csv: each setting
+task `bytes` on --data-file, else the catalog's pg19 from $HARNESS_DATA_DIR or the cache, --switch-steps steps
+at the preset's batch and length, no test scoring) with the switch off and on, and prints/writes steady-state tokens/s to <output-dir>/switches.csv: each setting
 runs S and 2S steps and reports the extra tokens over the extra time, which cancels one-off costs (compilation,
 model build, data loading); "train" is training-loop time (batch waits included, evaluation excluded), "wall"
 includes periodic evaluation. compile = torch.compile; prefetch = background batch prefetch (depth
@@ -358,13 +358,13 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
 def switch_runs(models, preset, switches, steps, device_name, data_file) -> list[dict]:
     import tempfile
 
-    from harness.regress import DEFAULT_DATA
+    from harness.data_catalog import default_text
     from harness.runner import RunConfig, run
 
     unknown = sorted(set(switches) - set(SWITCHES))
     if unknown:
         raise HarnessError(f"unknown switch(es) {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
-    data = data_file or str(DEFAULT_DATA)
+    data = str(default_text(data_file))  # --data-file, else pg19 from $HARNESS_DATA_DIR or the cache
     device = resolve_device(device_name)
     rows = []
     for model in models:

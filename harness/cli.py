@@ -48,6 +48,49 @@ def ls_command(what):
         click.echo(f"{entry.name:<16} {entry.summary}{aliases}")
 
 
+@cli.group("data")
+def data_group():
+    """Datasets: the catalog (ls), download + check into the data folder (fetch), check what is there (verify).
+    Data is looked for in --data-dir, then $HARNESS_DATA_DIR, then the cache (~/.cache/memory-harness)."""
+
+
+@data_group.command("ls")
+@click.option("--data-dir", type=click.Path(), help="a data folder looked in first")
+def data_ls_command(data_dir):
+    """The dataset catalog: each dataset, whether it is cached and where, its size and source."""
+    from harness import data_catalog
+
+    click.echo(data_catalog.format_listing(data_catalog.listing(data_dir), data_dir))
+
+
+@data_group.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--data-dir", type=click.Path(), help="write here [default $HARNESS_DATA_DIR, else the cache]")
+@click.option("--force", is_flag=True, help="download again files that are there and pass their check")
+def data_fetch_command(names, data_dir, force):
+    """Download the named datasets (the only command that goes online), check sizes and sha256 where known, write
+    each file atomically and print where they went."""
+    from harness import data_catalog
+
+    for name in [data_catalog.get(n).name for n in names]:  # every name checked before anything is downloaded
+        data_catalog.fetch(name, data_dir, force=force, log=click.echo)
+
+
+@data_group.command("verify")
+@click.argument("names", nargs=-1)
+@click.option("--data-dir", type=click.Path(), help="a data folder looked in first")
+def data_verify_command(names, data_dir):
+    """Check the datasets present (every file's size and sha256 where known): name, status (ok / missing /
+    mismatch), path. Exits 1 on a mismatch, or when a dataset named here is not ok."""
+    from harness import data_catalog
+
+    checks = [c for name in names for c in data_catalog.verify(name, data_dir)] if names else \
+        data_catalog.verify(None, data_dir)
+    click.echo(data_catalog.format_checks(checks))
+    if any(c.status == "mismatch" for c in checks) or (names and any(c.status != "ok" for c in checks)):
+        sys.exit(1)
+
+
 def _run_options(f=None, *, model_required: bool = True):
     if f is None:
         return lambda g: _run_options(g, model_required=model_required)
@@ -222,7 +265,8 @@ def _csv_list(text: str | None, flag: str) -> list[str]:
 @click.option("--seeds", help="with --update: seed count N (seeds 0..N-1) or a list 0,1,2 [default 3]")
 @click.option("--reference", type=click.Path(), help="reference CSV [default results/reference/<suite>.csv]")
 @click.option("--models", help="only these models (comma-separated; default every registered model)")
-@click.option("--data-file", type=click.Path(), help="byte-level text for the LM cases [default ../shared/data/pg19]")
+@click.option("--data-file", type=click.Path(), help="byte-level text for the LM cases [default: pg19 from "
+              "$HARNESS_DATA_DIR or the cache; harness data fetch pg19]")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--output_path", "--output-path", "output_path", type=click.Path(),
               help="where the suite's run records go [default a temporary folder]")
@@ -252,7 +296,8 @@ def regress_command(suite, update, seeds, reference, models, data_file, device, 
 @click.option("--switches", default="", help="performance switches to measure on and off: "
               "compile,prefetch,eval,amp (amp on CUDA only)")
 @click.option("--switch-steps", type=int, default=20, show_default=True, help="training steps per switch run")
-@click.option("--data-file", type=click.Path(), help="text for the switch runs [default ../shared/data/pg19]")
+@click.option("--data-file", type=click.Path(), help="text for the switch runs [default: pg19 from "
+              "$HARNESS_DATA_DIR or the cache; harness data fetch pg19]")
 @click.option("--output-dir", type=click.Path(), default="results/bench", show_default=True)
 @click.option("--model-arg", multiple=True, help="KEY=VALUE model setting override for every model (throughput rows; repeatable)")
 @click.option("--in-process", is_flag=True, help="CPU: measure in this process instead of a fresh child process "

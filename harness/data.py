@@ -108,20 +108,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def download(url: str, dest: str | os.PathLike, timeout: float = 30.0) -> Path:
-    """Fetch `url` to `dest` with a progress bar; the file appears only when complete. Network failures raise
-    DataError naming the URL."""
+def download(url: str, dest: str | os.PathLike, timeout: float = 30.0, check=None) -> Path:
+    """Fetch `url` to `dest` with a progress bar; the file appears only when complete and, with `check` (called
+    with the finished temporary file), only when `check` returns without raising: a rejected download leaves
+    nothing behind. Network failures raise DataError naming the URL."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dest)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".part", dir=dest.parent)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are meant to be shared
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
                 while block := resp.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -4,9 +4,10 @@ reference in `results/reference/<suite>.csv`; `harness regress --update --seeds 
 The `ci` suite (sized to fit 15 minutes on 2 CPU cores with about a dozen models):
 - every model registered when it runs, at preset `tiny` (no model overrides), 60 steps x 8 x 64 bytes, bits per
   byte on the first 8,192 test bytes of a byte-level text. enwik8 cannot be fetched offline, so the text is the
-  task `bytes` on `../shared/data/pg19` (20 Project Gutenberg books beside the clone) or `--data-file`: this is
-  NOT enwik8, and the reference's `data` column names what was used (source and sha256) so that a run on other
-  data fails loudly instead of being compared;
+  task `bytes` on the catalog's `pg19` (20 Project Gutenberg books, found in $HARNESS_DATA_DIR or the cache:
+  `harness data fetch pg19`; CI points $HARNESS_DATA_DIR at ../shared/data) or `--data-file`: this is NOT
+  enwik8, and the reference's `data` column names what was used (source and sha256) so that a run on other data
+  fails loudly instead of being compared;
 - MQAR recall (task `mqar`, CI_MQAR: 4 key-value pairs in 32 tokens, vocabulary 64) for every model, trained
   CI_MQAR_BUDGET (150 steps x 32): every row sits far above the random-guess level (1/32), at or above the
   no-recall level (25 %), so a model whose memory or attention breaks fails it. (BABILong rows were dropped: at
@@ -50,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from harness import identity
+from harness import data_catalog, identity
 from harness.data import atomic_write_bytes
 from harness.errors import HarnessError
 from harness.registry import MODELS, TASKS
@@ -59,7 +60,6 @@ from harness.results import REPO_ROOT, utc_now
 REFERENCE_COLUMNS = ["model", "task", "metric", "value", "tolerance", "seeds", "spread", "data", "created",
                      "config_id", "informative"]
 OPTIONAL_COLUMNS = {"config_id", "informative"}  # absent from references written before they existed
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "pg19"
 SUITE_THREADS = 2  # fixed, because CPU matmul results may depend on the thread count
 TOLERANCE_SIGMAS = 4.0
 CONTINUOUS_FLOOR = 1e-4
@@ -90,7 +90,7 @@ CI_MQAR_BUDGET = dict(preset="tiny", steps=150, batch_size=32, lr=3e-3, eval_eve
 
 def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list[str]]:
     notes = []
-    data = Path(data_file) if data_file else DEFAULT_DATA
+    data = data_catalog.default_text(data_file)  # --data-file, else pg19 from $HARNESS_DATA_DIR or the cache
     if not data.exists():
         raise HarnessError(f"regression data {data} does not exist; pass --data-file (a text file or folder of "
                            f".txt files; enwik8 is not available offline)")

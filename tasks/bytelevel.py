@@ -5,10 +5,8 @@ exactly once, with the byte before each window as its first input."""
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,70 +14,57 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.data import cache_dir, data_dirs, download, sha256_bytes
+from harness import data_catalog
+from harness.data import data_dirs, sha256_bytes
 from harness.errors import DataError
 from tasks.base import Metric, StreamTask, reject_unknown_options
 from tasks.metrics import LN2, ratio_with_stderr
 
-ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
-ENWIK8_SIZE = 100_000_000
-ENWIK8_SHA256 = "2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8"
+# The source, size, sha256 and accepted names live in the dataset catalog (`harness data ls`).
+ENWIK8 = data_catalog.get("enwik8")
+ENWIK8_FILE = ENWIK8.files[0]
+ENWIK8_URL = ENWIK8_FILE.urls[0]
+ENWIK8_SIZE = ENWIK8_FILE.size
+ENWIK8_SHA256 = ENWIK8_FILE.sha256
 ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)  # train, valid, test, in file order
-ENWIK8_NAMES = ("enwik8", "enwik8.gz", "enwik8.zip")
+ENWIK8_NAMES = ENWIK8_FILE.names
 
 
 def read_enwik8_file(path: Path) -> bytes:
     """The raw bytes of enwik8 from the plain file, a .gz or the original .zip."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        if path.suffix == ".zip":
-            with zipfile.ZipFile(path) as zf:
-                return zf.read("enwik8")
-        return path.read_bytes()
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"cannot read enwik8 from {path}: {exc}") from exc
+        return data_catalog.read_data(path, zip_member=ENWIK8_FILE.zip_member)
+    except DataError as exc:
+        raise DataError(f"cannot read enwik8 from {path}: {exc.__cause__ or exc}") from exc
 
 
 def verify_enwik8(data: bytes, origin: str, size: int = ENWIK8_SIZE, sha256: str = ENWIK8_SHA256) -> None:
-    if len(data) != size:
-        raise DataError(f"{origin} holds {len(data):,} bytes, enwik8 has {size:,}: the file is truncated or not "
-                        f"enwik8; replace it with the original from {ENWIK8_URL}")
-    digest = sha256_bytes(data)
-    if digest != sha256:
-        raise DataError(f"{origin} has sha256 {digest[:16]}..., enwik8 has {sha256[:16]}...: the file was altered; "
-                        f"replace it with the original from {ENWIK8_URL}")
+    data_catalog.check_bytes(data, size, sha256, origin, "enwik8", ENWIK8_URL)
 
 
 def load_enwik8(data_dir: str | os.PathLike | None = None, url: str = ENWIK8_URL, size: int = ENWIK8_SIZE,
                 sha256: str = ENWIK8_SHA256, allow_download: bool = True) -> tuple[bytes, dict]:
     """Find enwik8 (plain, .gz or .zip) in --data-dir, $HARNESS_DATA_DIR or the cache; otherwise download the
-    original zip into the cache. The bytes are checked against the known size and sha256 before use."""
+    original zip (data_catalog: checked before it is kept) into $HARNESS_DATA_DIR or the cache. The bytes are
+    checked against the known size and sha256 before use."""
     searched = data_dirs(data_dir)
     for folder in searched:
-        for name in ENWIK8_NAMES:
-            path = folder / name
-            if path.is_file():
-                data = read_enwik8_file(path)
-                verify_enwik8(data, str(path), size, sha256)
-                return data, {"path": str(path), "downloaded": False}
+        path = data_catalog.present(ENWIK8_FILE, folder)
+        if path is not None:
+            data = read_enwik8_file(path)
+            verify_enwik8(data, str(path), size, sha256)
+            return data, {"path": str(path), "downloaded": False}
     if not allow_download:
         raise DataError(f"enwik8 not found in {', '.join(map(str, searched))}; put enwik8, enwik8.gz or enwik8.zip "
-                        f"in --data-dir (or $HARNESS_DATA_DIR), or go online to download {ENWIK8_URL}")
-    dest = cache_dir() / "enwik8.zip"
+                        f"in --data-dir (or $HARNESS_DATA_DIR), run `harness data fetch enwik8`, or go online to "
+                        f"download {ENWIK8_URL}")
+    spec = data_catalog.with_overrides(ENWIK8_FILE, size=size, sha256=sha256)
     try:
-        download(url, dest)
+        dest = data_catalog.download_file(ENWIK8, spec, data_catalog.fetch_root(), urls=(url,))
     except DataError as exc:
-        raise DataError(f"enwik8 not found in {', '.join(map(str, searched))} and the download failed ({exc}); "
-                        f"put enwik8, enwik8.gz or enwik8.zip in --data-dir or $HARNESS_DATA_DIR") from exc
-    data = read_enwik8_file(dest)
-    try:
-        verify_enwik8(data, f"the download from {url}", size, sha256)
-    except DataError:
-        dest.unlink(missing_ok=True)  # never leave a bad file where the next run would find it
-        raise
-    return data, {"path": str(dest), "downloaded": True, "url": url}
+        raise DataError(f"enwik8 not found in {', '.join(map(str, searched))} and the download failed: {exc} "
+                        f"(or put enwik8, enwik8.gz or enwik8.zip in --data-dir)") from exc
+    return read_enwik8_file(dest), {"path": str(dest), "downloaded": True, "url": url}
 
 
 def split_enwik8(data: bytes, n_valid: int = ENWIK8_SPLIT[1], n_test: int = ENWIK8_SPLIT[2]):
@@ -173,7 +158,7 @@ class BytesTask(ByteLMTask):
         reject_unknown_options(self.name, unknown, ("data_file",))
         if data_file is None:
             raise DataError("task 'bytes' needs --data-file PATH (a text file or a folder of .txt files), "
-                            "e.g. --data-file ../shared/data/pg19")
+                            "e.g. the folder `harness data fetch pg19` prints")
         data, files = read_text_source(data_file)
         n_valid = n_test = len(data) // 20
         super().__init__(*split_enwik8(data, n_valid, n_test),

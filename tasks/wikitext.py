@@ -23,7 +23,6 @@ delta method: se(exp(x)) = exp(x) * se(x).
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 import warnings
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import data_catalog
 from harness.data import atomic_write_bytes, cache_dir, data_dirs, sha256_bytes
 from harness.errors import DataError, HarnessError
 from tasks.base import Metric, StreamTask, reject_unknown_options
@@ -39,12 +39,9 @@ from tasks.metrics import LN2, ratio_with_stderr
 from tasks.tokenizer import cached_bpe, load_tokenizer
 
 SPLITS = ("train", "valid", "test")
-HF_SPLIT_NAMES = {"train": "train", "valid": "validation", "test": "test"}
-# sha256 of the published WikiText-2 (v1, tokenized) files, as in ../shared/data/README.md.
-KNOWN_FILES = {
-    "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0": "wikitext-2 wiki.test.tokens",
-    "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8": "wikitext-2 wiki.valid.tokens",
-}
+HF_SPLIT_NAMES = data_catalog.WIKITEXT_SPLITS
+# sha256 of the published WikiText-2 (v1, tokenized) files, from the dataset catalog (`harness data ls`).
+KNOWN_FILES = {f.sha256: f"wikitext-2 {f.path}" for f in data_catalog.get("wikitext-2").files if f.sha256}
 DEFAULT_VOCAB = {"tiny": 4096, "small": 16384, "medium": 32768, "large": 32768}
 
 
@@ -120,21 +117,9 @@ def find_local(data_dir, subfolders: tuple[str, ...]) -> tuple[Path, dict[str, P
     return None
 
 
-def load_hf(config: str, hub_names=("Salesforce/wikitext", "wikitext")) -> dict[str, str]:
-    """Each split's text rebuilt from the line-per-row HF dataset (its empty rows are the files' ' ' lines)."""
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DataError("offline")
-    import datasets
-
-    errors = []
-    for name in hub_names:
-        try:
-            ds = datasets.load_dataset(name, config, cache_dir=str(cache_dir() / "hf-datasets"))
-        except Exception as exc:  # noqa: BLE001 (network, hub and cache errors come in many kinds)
-            errors.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-            continue
-        return {split: "".join(row if row else " \n" for row in ds[hf]["text"]) for split, hf in HF_SPLIT_NAMES.items()}
-    raise DataError("; ".join(errors))
+# Each split's text rebuilt from the line-per-row HF dataset (its empty rows are the files' ' ' lines); the same
+# function writes the files of `harness data fetch wikitext-2-raw` etc.
+load_hf = data_catalog.wikitext_hf_texts
 
 
 # -- the task ---------------------------------------------------------------------------------------------------------
@@ -192,7 +177,7 @@ class WikiTextTask(StreamTask):
             return texts
         searched = ", ".join(str(d) for d in data_dirs(data_dir))
         where = (f"put wiki.{{train,valid,test}}.raw (or .tokens) in --data-dir or --data-dir/{self.subfolders[0]} "
-                 f"(searched {searched})")
+                 f"(searched {searched}), or run `harness data fetch {self.subfolders[0]}`")
         if source == "local":
             raise DataError(f"{self.name}: no wiki.test.raw / wiki.test.tokens / test.txt found; {where}")
         try:
@@ -353,14 +338,14 @@ def _as_bool(value, name: str) -> bool:
 
 class WikiText103Task(WikiTextTask):
     name = "wikitext103"
-    hf_config = "wikitext-103-raw-v1"
-    subfolders = ("wikitext-103-raw", "wikitext-103", "wikitext-103-v1")
+    hf_config = data_catalog.get("wikitext-103-raw").hub_configs[0]
+    subfolders = (*data_catalog.folders("wikitext-103-raw"), *data_catalog.folders("wikitext-103"))
 
 
 class WikiText2Task(WikiTextTask):
     name = "wikitext2"
-    hf_config = "wikitext-2-raw-v1"
-    subfolders = ("wikitext-2-raw", "wikitext-2", "wikitext-2-v1")
+    hf_config = data_catalog.get("wikitext-2-raw").hub_configs[0]
+    subfolders = (*data_catalog.folders("wikitext-2-raw"), *data_catalog.folders("wikitext-2"))
 
 
 def build_wikitext103(**options) -> WikiText103Task:

@@ -73,3 +73,30 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     return calls
+
+
+@pytest.fixture
+def serve_folder():
+    """serve(folder) -> a loopback HTTP server (127.0.0.1, a free port) serving the folder's files, its address in
+    `.base_url`; every server is shut down after the test. Download tests reach only these."""
+    import http.server
+    import threading
+    from functools import partial
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def serve(folder):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
+        server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -1,9 +1,6 @@
 import gzip
 import hashlib
-import http.server
-import threading
 import zipfile
-from functools import partial
 
 import numpy as np
 import pytest
@@ -62,47 +59,33 @@ def test_missing_file_offline_says_where_to_put_it(tmp_path, cache):
     assert "--data-dir" in str(err.value) and "\n" not in str(err.value)
 
 
-def _serve(folder):
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def test_download_from_loopback_is_cached_and_verified(tmp_path, cache):
+def test_download_from_loopback_is_cached_and_verified(tmp_path, cache, serve_folder):
     payload = b"<page>generated enwik8 stand-in</page>\n" * 2000
     served = tmp_path / "served"
     served.mkdir()
     with zipfile.ZipFile(served / "enwik8.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("enwik8", payload)
-    server = _serve(served)
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/enwik8.zip"
-        sha = hashlib.sha256(payload).hexdigest()
-        data, info = load_enwik8(tmp_path / "nowhere", url=url, size=len(payload), sha256=sha)
-        assert data == payload and info["downloaded"] and (cache / "enwik8.zip").is_file()
-        # the second call finds the cached zip and does not download again
-        server.shutdown()
-        data2, info2 = load_enwik8(tmp_path / "nowhere", url=url, size=len(payload), sha256=sha)
-        assert data2 == payload and not info2["downloaded"]
-    finally:
-        server.shutdown()
+    server = serve_folder(served)
+    url = f"{server.base_url}/enwik8.zip"
+    sha = hashlib.sha256(payload).hexdigest()
+    data, info = load_enwik8(tmp_path / "nowhere", url=url, size=len(payload), sha256=sha)
+    assert data == payload and info["downloaded"] and (cache / "enwik8.zip").is_file()
+    # the second call finds the cached zip and does not download again
+    server.shutdown()
+    data2, info2 = load_enwik8(tmp_path / "nowhere", url=url, size=len(payload), sha256=sha)
+    assert data2 == payload and not info2["downloaded"]
 
 
-def test_download_of_wrong_file_is_refused_and_not_cached(tmp_path, cache):
+def test_download_of_wrong_file_is_refused_and_not_cached(tmp_path, cache, serve_folder):
     served = tmp_path / "served"
     served.mkdir()
     with zipfile.ZipFile(served / "enwik8.zip", "w") as zf:
         zf.writestr("enwik8", b"not enwik8")
-    server = _serve(served)
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/enwik8.zip"
-        with pytest.raises(DataError, match="truncated"):
-            load_enwik8(tmp_path / "nowhere", url=url)
-        assert not (cache / "enwik8.zip").exists()
-    finally:
-        server.shutdown()
+    url = f"{serve_folder(served).base_url}/enwik8.zip"
+    with pytest.raises(DataError, match="truncated"):
+        load_enwik8(tmp_path / "nowhere", url=url)
+    assert not (cache / "enwik8.zip").exists()
+    assert not cache.exists() or not any(cache.iterdir())  # no temporary file left behind either
 
 
 def test_unreachable_network_gives_clear_error(tmp_path, cache):

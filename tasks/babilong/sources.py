@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import data_catalog
 from harness.data import data_dirs
 from harness.errors import DataError, HarnessError
 from tasks.babilong.builder import BabilongBuilder
 from tasks.babilong.common import BabilongSample, TASKS
 from tasks.babilong.generator import BabilongGenerator
 
-HF_EVAL = "RMT-team/babilong"
-HF_TRAIN = "RMT-team/babilong-train-5k-samples"
+HF_EVAL = data_catalog.BABILONG_EVAL  # ids from the dataset catalog (`harness data fetch babilong` caches them)
+HF_TRAIN = data_catalog.BABILONG_TRAIN
 SOURCES = ("auto", "hf", "builder", "generator")
 
 
@@ -42,9 +43,7 @@ class HFSource:
         key = (repo, length, task)
         if key not in self._cache:
             try:
-                import datasets
-
-                rows = datasets.load_dataset(repo, length, split=task)
+                rows = data_catalog.babilong_hf_rows(repo, length, task)
             except Exception as exc:  # offline, unknown config/split, hub errors: one line for the user
                 raise DataError(f"could not load {repo} config {length!r} split {task!r} from the Hugging Face "
                                 f"Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
@@ -69,9 +68,13 @@ class HFSource:
                 "length_tokenizer": "gpt2 (the datasets' own lengths)", "notes": []}
 
 
-def find_builder_files(data_dir, babi_dir=None, books_dir=None, tokenizer_dir=None) -> tuple[Path, Path, Path] | None:
-    """(bAbI folder, books folder, GPT-2 tokenizer folder) from explicit options or the data folders, or None."""
-    roots = data_dirs(data_dir) if data_dir or os.environ.get("HARNESS_DATA_DIR") else []
+def find_builder_files(data_dir, babi_dir=None, books_dir=None, tokenizer_dir=None,
+                       include_cache: bool = False) -> tuple[Path, Path, Path] | None:
+    """(bAbI folder, books folder, GPT-2 tokenizer folder) from explicit options or the data folders, or None.
+    The cache (`harness data fetch babi pg19 gpt2-tokenizer`) is searched with --data-dir / $HARNESS_DATA_DIR, or
+    with include_cache (source=builder asked for explicitly); never by a plain auto run, whose data must not
+    depend on what happens to be cached."""
+    roots = data_dirs(data_dir) if data_dir or os.environ.get("HARNESS_DATA_DIR") or include_cache else []
     def pick(explicit, subpaths, check):
         if explicit:
             return Path(explicit)
@@ -80,9 +83,10 @@ def find_builder_files(data_dir, babi_dir=None, books_dir=None, tokenizer_dir=No
                 if check(root / sub):
                     return root / sub
         return None
-    babi = pick(babi_dir, ("babi", "tasks_1-20_v1-2", "."), lambda p: (p / "en-10k").is_dir() or (p / "en").is_dir())
-    books = pick(books_dir, ("pg19", "books"), lambda p: p.is_dir() and any(p.glob("*.txt")))
-    tok = pick(tokenizer_dir, ("tokenizers/gpt2", "gpt2"),
+    babi = pick(babi_dir, (*data_catalog.folders("babi"), "."),
+                lambda p: (p / "en-10k").is_dir() or (p / "en").is_dir())
+    books = pick(books_dir, data_catalog.folders("pg19"), lambda p: p.is_dir() and any(p.glob("*.txt")))
+    tok = pick(tokenizer_dir, data_catalog.folders("gpt2-tokenizer"),
                lambda p: (p / "encoder.json").is_file() or (p / "vocab.json").is_file())
     if babi and books and tok:
         return babi, books, tok
@@ -97,12 +101,13 @@ def open_source(source: str, seed: int, data_dir=None, babi_dir=None, books_dir=
         return BabilongGenerator(seed), "asked for the built-in generator"
     if source == "hf":
         return HFSource(seed=seed), "asked for the Hugging Face datasets"
-    files = find_builder_files(data_dir, babi_dir, books_dir, tokenizer_dir)
+    files = find_builder_files(data_dir, babi_dir, books_dir, tokenizer_dir, include_cache=source == "builder")
     if source == "builder":
         if files is None:
             raise DataError("the BABILong builder needs bAbI files (babi/en-10k), books (pg19/*.txt) and the GPT-2 "
-                            "tokenizer (tokenizers/gpt2/encoder.json + vocab.bpe) under --data-dir, e.g. "
-                            "--data-dir ../shared/data; or set babi_dir / books_dir / tokenizer_dir")
+                            "tokenizer (tokenizers/gpt2/encoder.json + vocab.bpe) under --data-dir, "
+                            "$HARNESS_DATA_DIR or the cache: `harness data fetch babi pg19 gpt2-tokenizer`; or set "
+                            "babi_dir / books_dir / tokenizer_dir")
         return BabilongBuilder(*files, seed=seed), f"builder files from {files[0].parent}"
     if files is not None:
         return BabilongBuilder(*files, seed=seed), "auto: --data-dir holds bAbI + books + GPT-2 tokenizer"
