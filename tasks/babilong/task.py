@@ -40,7 +40,7 @@ from harness.errors import DataError, HarnessError
 from tasks.base import Metric, Task, int_option
 from tasks.babilong.common import (ANSWER_TEMPLATE, PROMPT_TEMPLATE, TASK_LABELS, TASKS,
                                    context_budget, parse_length, parse_list)
-from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies
+from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies, shortcut_accuracy
 from tasks.babilong.training import fitting_example, pack_rows, where_questions
 from tasks.babilong.words import WordCodec
 from tasks.babilong.sources import SOURCES, find_builder_files, open_source
@@ -129,10 +129,10 @@ class BabilongTask(Task):
                 raise DataError("tokenizer=gpt2 needs the GPT-2 files (encoder.json + vocab.bpe): give "
                                 "--data-dir with tokenizers/gpt2 or --task-arg tokenizer_dir=DIR")
             self.codec = GPT2Codec(folder)
-        elif tokenizer == "words":
-            self.codec = WordCodec()
+        elif tokenizer in ("words", "phrases"):
+            self.codec = WordCodec(phrases=tokenizer == "phrases")
         else:
-            raise HarnessError(f"BABILong tokenizer {tokenizer!r} is not one of bytes, gpt2, words")
+            raise HarnessError(f"BABILong tokenizer {tokenizer!r} is not one of bytes, gpt2, words, phrases")
         self.vocab_size = self.codec.vocab_size
         # Fine-tuning rows (prompt frame + story + answer) need ~256 bytes at 0k; the runner widens a shorter
         # preset context to this and says so in the record.
@@ -298,6 +298,8 @@ class BabilongTask(Task):
         cells: dict[tuple[str, str], tuple[float, float | None, int]] = {}
         self.eval_notes = []
         self.last_eval["samples_scored"] = scored = {}  # per cell "task/length": samples actually scored
+        # per cell: the accuracy of answering with the label the context names last (scoring.shortcut_accuracy)
+        self.last_eval["shortcut_last_mentioned"] = shortcut = {}
         window = model.max_context if model.streaming == "window" else None
         bar = tqdm(total=len(self.tasks) * sum(per_length.values()), desc="babilong", unit="sample", disable=not progress)
         for length, tokens in self.lengths:
@@ -310,6 +312,8 @@ class BabilongTask(Task):
                     self.eval_notes.append(note)
                     print(f"warning: BABILong {note}", file=sys.stderr)
                 prompts = [self.codec.encode(sample.prompt()) for sample in samples]
+                if samples:
+                    shortcut[f"{task}/{length}"] = round(shortcut_accuracy(samples, self.labels[task]), 2)
                 if batched:
                     results = self._predict_batched(model, samples, prompts, device, seg_len, lambda: bar.update(1))
                 else:
@@ -335,6 +339,9 @@ class BabilongTask(Task):
             if skipped:
                 self.eval_notes.append(f"{length}: {skipped} samples skipped, longer than one call of a model "
                                        f"that cannot stream")
+            levels = [shortcut[f"{t}/{length}"] for t in self.tasks if f"{t}/{length}" in shortcut]
+            if len(levels) == len(self.tasks):
+                shortcut[f"mean/{length}"] = round(sum(levels) / len(levels), 2)
             row = [cells[t, length] for t in self.tasks if (t, length) in cells]
             if len(row) == len(self.tasks):
                 metrics[f"acc/mean/{length}"] = Metric(*mean_of_accuracies(row), higher_is_better=True)
@@ -343,6 +350,10 @@ class BabilongTask(Task):
             raise HarnessError("no BABILong sample could be scored with this model (see the notes in the record)")
         metrics["acc/mean"] = Metric(*mean_of_accuracies(list(cells.values())), higher_is_better=True)
         self.table = table_from_metrics(metrics)
+        if progress:
+            levels = ", ".join(f"{k.split('/')[1]} {v:.1f}" for k, v in shortcut.items() if k.startswith("mean/"))
+            print(f"[babilong] shortcut level (answer with the label the context names last), mean over tasks, %: "
+                  f"{levels} (record: evaluation.shortcut_last_mentioned)", file=sys.stderr)
         return metrics
 
     CURVE_LENGTHS = ("0k", "1k")

@@ -31,6 +31,9 @@ BABI_WORDS = (
     "travelled", "up", "was", "went", "west", "Question", "Answer", ":",
 )
 HASH_BUCKETS = 1024  # ids shared by every other word, by crc32 of the word
+# `tokenizer=phrases`: bAbI's movement phrases as one token each (longest first), so "<person> <move> <place>" puts
+# the place two tokens after the person whatever the verb (with single words it is 4 or 5 tokens after)
+MOVE_PHRASES = ("went back to the", "journeyed to the", "travelled to the", "moved to the", "went to the")
 
 _TOKEN_RE = re.compile(r"</?context>|\n|[A-Za-z]+|\d+|[^\w\s]")
 
@@ -38,13 +41,15 @@ _TOKEN_RE = re.compile(r"</?context>|\n|[A-Za-z]+|\d+|[^\w\s]")
 class WordCodec:
     """Text <-> word ids: `len(SPECIALS) + len(BABI_WORDS)` fixed ids, then HASH_BUCKETS hashed ids."""
 
-    def __init__(self, buckets: int = HASH_BUCKETS):
-        self.fixed = {w: i for i, w in enumerate(SPECIALS + BABI_WORDS)}
+    def __init__(self, buckets: int = HASH_BUCKETS, phrases: bool = False):
+        self.phrases = MOVE_PHRASES if phrases else ()
+        self.fixed = {w: i for i, w in enumerate(SPECIALS + BABI_WORDS + self.phrases)}
+        self._token_re = re.compile("|".join([rf"\b{re.escape(p)}\b" for p in self.phrases] + [_TOKEN_RE.pattern]))
         self.buckets = buckets
         self.vocab_size = len(self.fixed) + buckets
         self.pad_id = self.fixed["<pad>"]
-        self.name = (f"words ({len(BABI_WORDS)} bAbI words + {buckets} hashed buckets for other words, "
-                     f"vocab {self.vocab_size})")
+        self.name = (f"words ({len(BABI_WORDS)} bAbI words + {len(self.phrases)} movement phrases + {buckets} hashed "
+                     f"buckets for other words, vocab {self.vocab_size})")
         self._words = {i: w for w, i in self.fixed.items()}
 
     def token_id(self, word: str) -> int:
@@ -54,7 +59,7 @@ class WordCodec:
         return len(self.fixed) + zlib.crc32(word.encode("utf-8")) % self.buckets
 
     def encode(self, text: str) -> list[int]:
-        return [self.token_id(w) for w in _TOKEN_RE.findall(text)]
+        return [self.token_id(w) for w in self._token_re.findall(text)]
 
     def decode(self, ids) -> str:
         return " ".join(self._words.get(int(i), f"<w{int(i) - len(self.fixed)}>") for i in ids)
