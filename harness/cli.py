@@ -117,7 +117,7 @@ def _run_options(f=None, *, model_required: bool = True):
         click.option("--output_path", "--output-path", "output_path", type=click.Path(),
                      help="results folder (default ./results or $HARNESS_RESULTS_DIR)"),
         click.option("--compile", is_flag=True, help="torch.compile the model"),
-        click.option("--prefetch", type=int, default=2, show_default=True,
+        click.option("--prefetch", type=int, default=None, show_default="2 on CUDA, 0 on the CPU",
                      help="batches built ahead in a background thread (0: off); results are identical"),
         click.option("--no-amp", is_flag=True, help="CUDA: no bf16 autocast / TF32 (float32 throughout)"),
         click.option("--no-progress", is_flag=True, help="no progress bars"),
@@ -151,7 +151,7 @@ def config_from_options(opts: dict):
         optimizer_args=_key_values(opts["optimizer_arg"], "--optimizer-arg"),
         checkpoint=opts["checkpoint"], resume=opts["resume"], output_path=opts["output_path"],
         update_leaderboard=not opts["no_leaderboard"], progress=not opts["no_progress"], compile=opts["compile"],
-        prefetch=opts.get("prefetch", 2), amp=not opts.get("no_amp", False), test=not opts.get("no_test", False),
+        prefetch=opts.get("prefetch"), amp=not opts.get("no_amp", False), test=not opts.get("no_test", False),
         fsdp=opts.get("fsdp"), tensorboard=opts.get("tensorboard"), wandb_project=opts.get("wandb_project"),
         wandb_args=_key_values(tuple(x for arg in opts.get("wandb_args") or () for x in arg.split(",") if x),
                                "--wandb-args"))

@@ -94,7 +94,9 @@ def cli_args(cfg) -> list[str]:
              "limit": "--limit", "data_dir": "--data-dir", "data_file": "--data-file",
              "output_path": "--output-path", "tensorboard": "--tensorboard", "wandb_project": "--wandb-project"}
     args = ["eval", "--model", cfg.model, "--task", cfg.task, "--preset", cfg.preset, "--optimizer", cfg.optimizer,
-            "--seed", str(cfg.seed), "--device", cfg.device, "--prefetch", str(cfg.prefetch)]
+            "--seed", str(cfg.seed), "--device", cfg.device]
+    if cfg.prefetch is not None:
+        args += ["--prefetch", str(cfg.prefetch)]
     for name, flag in flags.items():
         value = getattr(cfg, name)
         if value is not None:

@@ -69,11 +69,11 @@ def fitting_example(draw: Callable[[int], Example], room: int, tries: int) -> tu
 
 def pack_rows(example: Callable[[str, int, int, int, int], tuple[list[int], list[int], int]], tasks: Sequence[str],
               step: int, batch_size: int, seq_len: int, seed: int, *, pad_id: int, story_cap: Callable[[int], int],
-              pack: bool, answers_only: bool, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+              pack: bool, answers_only: bool, stats: dict, extra_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) [batch_size, seq_len] of one step: rows of whole samples, left-padded, the loss on every
     answer's tokens (`answers_only`) or on every token. `example(task, index, seed, room, story_lines)` gives a
     sample of at most `room` tokens when it can; `story_cap(tokens)` the longest story worth drawing for that many
-    tokens. `stats` counts rows, packed samples, answers, redraws, truncations, tokens and padding."""
+    tokens; `extra_tokens` what the extra questions add to a sample. `stats` counts rows, packed samples, answers, redraws, truncations, tokens and padding."""
     inputs = torch.full((batch_size, seq_len), pad_id, dtype=torch.long)
     targets = torch.full((batch_size, seq_len), -100, dtype=torch.long)
     cap = story_cap(seq_len)
@@ -90,7 +90,9 @@ def pack_rows(example: Callable[[str, int, int, int, int], tuple[list[int], list
                 break  # the row is full
             task = tasks[(step * batch_size + b + k) % len(tasks)]
             index = (step * batch_size + b) * MAX_PACK + k
-            ids, answers, draws = example(task, index, seed, room, min(cap, story_cap(room - 1)))
+            # a later sample's story is sized for the room its extra questions leave (fewer redraws)
+            lines = cap if not row_ids else min(cap, story_cap(room - 1 - extra_tokens))
+            ids, answers, draws = example(task, index, seed, room, lines)
             if row_ids and len(ids) > room:
                 break  # no draw fitted the room left: this draw is not used
             bump("rows" if k == 0 else "packed")
