@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.adapter import build_model  # noqa: E402
-from harness.bench import _reset_rss_peak, _rss_peak_mb, flops_per_token, matmul_peak_flops  # noqa: E402
-from harness.registry import MODELS  # noqa: E402
+from harness.adapter import build_model
+from harness.bench import _reset_rss_peak, _rss_peak_mb, flops_per_token, matmul_peak_flops
+from harness.registry import MODELS
 
 KERNEL_RTOL = 2e-3  # fp32 kernels vs the PyTorch path: different summation orders and chunkings
 MEMORY_ATOL = 1e-4  # fp32 chunk-parallel memory vs the float64 recurrence, inputs of unit scale
@@ -107,11 +107,11 @@ def memory_row(device: torch.device) -> dict:
 
     g = torch.Generator().manual_seed(0)
     B, H, T, D, chunk = 2, 2, 64, 16, 16
-    rand = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)  # noqa: E731
-    inputs = dict(q=F.normalize(rand(B, H, T, D), dim=-1), k=F.normalize(rand(B, H, T, D), dim=-1),
-                  v=rand(B, H, T, D), theta=torch.rand(B, H, T, dtype=torch.float64, generator=g) * 0.3,
-                  log_keep=torch.log(1 - 0.2 * torch.rand(B, H, T, dtype=torch.float64, generator=g)),
-                  log_eta=torch.log(torch.rand(B, H, T, dtype=torch.float64, generator=g)))
+    rand = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)
+    inputs = {"q": F.normalize(rand(B, H, T, D), dim=-1), "k": F.normalize(rand(B, H, T, D), dim=-1),
+              "v": rand(B, H, T, D), "theta": torch.rand(B, H, T, dtype=torch.float64, generator=g) * 0.3,
+              "log_keep": torch.log(1 - 0.2 * torch.rand(B, H, T, dtype=torch.float64, generator=g)),
+              "log_eta": torch.log(torch.rand(B, H, T, dtype=torch.float64, generator=g))}
     weights = [rand(B, H, D, 2 * D) / D ** 0.5, rand(B, H, 2 * D, D) / (2 * D) ** 0.5]
     bias, retention = make_bias("l2"), make_retention("decay", scale=2.0)
 
@@ -133,7 +133,7 @@ def memory_row(device: torch.device) -> dict:
 def guarded(check: str, fn, *args) -> dict:
     try:
         return fn(*args)
-    except Exception as exc:  # one failing model must not hide the others' rows
+    except Exception as exc:  # noqa: BLE001 - one failing model must not hide the others' rows
         traceback.print_exc(file=sys.stderr)
         return {"check": check, "status": "FAIL", "detail": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
 

@@ -43,7 +43,7 @@ def test_dry_run_trains_compares_paths_and_writes_the_table(tmp_path, capsys):
 
 def test_a_memory_that_disagrees_with_the_recurrence_fails_the_check(tmp_path, monkeypatch):
     check = _load_script()
-    import models.titans.ops as ops
+    from models.titans import ops
 
     real = ops.memory_parallel
 
@@ -59,7 +59,7 @@ def test_the_shell_wrapper_runs_the_dry_run_without_installing(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "device_check.sh"), "--dry-run", "--models",
-                             "bag-of-tokens", "--output-dir", str(tmp_path)], env=env, capture_output=True,
+                             "bag-of-tokens", "--output-dir", str(tmp_path)], env=env, capture_output=True, check=False,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pip" not in result.stderr and _rows(tmp_path)["train/bag-of-tokens"]["status"] == "ok"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def cut_output(output: str) -> str:

@@ -24,7 +24,7 @@ Evaluation samples are never changed.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
