@@ -200,6 +200,13 @@ def _fetch_hub_cache(ds: Dataset, folder: Path, log) -> Path:
     return hub_cache_path(ds.hub[0]).parent
 
 
+def _wikitext_entry(name: str, description: str, config: str, files, size_note: str) -> Dataset:
+    """A WikiText release: Hugging Face Salesforce/wikitext `config`, kept in folder `name` (or `config`)."""
+    return Dataset(name, description, f"Hugging Face Salesforce/wikitext, config {config}", name, files,
+                   folders=(config,), hub=WIKITEXT_HUB, hub_configs=(config,), hub_fetch=_fetch_wikitext,
+                   size_note=size_note)
+
+
 CATALOG: dict[str, Dataset] = {ds.name: ds for ds in (
     Dataset("enwik8", "Hutter-prize enwik8, the first 10^8 bytes of an English Wikipedia dump (task enwik8); "
             "size and sha256 are those of the 100,000,000 bytes (enwik8, enwik8.gz or enwik8.zip accepted)",
@@ -208,22 +215,14 @@ CATALOG: dict[str, Dataset] = {ds.name: ds for ds in (
                       size=100_000_000, urls=(ENWIK8_URL,), accept=("enwik8", "enwik8.gz", "enwik8.zip"),
                       zip_member="enwik8"),),
             size_note="36 MB zip"),
-    Dataset("wikitext-2-raw", "WikiText-2 raw (what lm-eval scores; task wikitext2 prefers it)",
-            "Hugging Face Salesforce/wikitext, config wikitext-2-raw-v1", "wikitext-2-raw",
-            _wikitext_files("raw"), folders=("wikitext-2-raw-v1",), hub=WIKITEXT_HUB,
-            hub_configs=("wikitext-2-raw-v1",), hub_fetch=_fetch_wikitext, size_note="13 MB"),
-    Dataset("wikitext-2", "WikiText-2 v1 tokenized (<unk>, @-@); valid/test sha256 known",
-            "Hugging Face Salesforce/wikitext, config wikitext-2-v1", "wikitext-2",
-            _wikitext_files("tokens", WIKITEXT2_TOKENS), folders=("wikitext-2-v1",), hub=WIKITEXT_HUB,
-            hub_configs=("wikitext-2-v1",), hub_fetch=_fetch_wikitext, size_note="13 MB"),
-    Dataset("wikitext-103-raw", "WikiText-103 raw (what lm-eval scores; task wikitext103 prefers it)",
-            "Hugging Face Salesforce/wikitext, config wikitext-103-raw-v1", "wikitext-103-raw",
-            _wikitext_files("raw"), folders=("wikitext-103-raw-v1",), hub=WIKITEXT_HUB,
-            hub_configs=("wikitext-103-raw-v1",), hub_fetch=_fetch_wikitext, size_note="540 MB"),
-    Dataset("wikitext-103", "WikiText-103 v1 tokenized (<unk>, @-@)",
-            "Hugging Face Salesforce/wikitext, config wikitext-103-v1", "wikitext-103",
-            _wikitext_files("tokens"), folders=("wikitext-103-v1",), hub=WIKITEXT_HUB,
-            hub_configs=("wikitext-103-v1",), hub_fetch=_fetch_wikitext, size_note="520 MB"),
+    _wikitext_entry("wikitext-2-raw", "WikiText-2 raw (what lm-eval scores; task wikitext2 prefers it)", "wikitext-2-raw-v1",
+                    _wikitext_files("raw"), "13 MB"),
+    _wikitext_entry("wikitext-2", "WikiText-2 v1 tokenized (<unk>, @-@); valid/test sha256 known", "wikitext-2-v1",
+                    _wikitext_files("tokens", WIKITEXT2_TOKENS), "13 MB"),
+    _wikitext_entry("wikitext-103-raw", "WikiText-103 raw (what lm-eval scores; task wikitext103 prefers it)", "wikitext-103-raw-v1",
+                    _wikitext_files("raw"), "540 MB"),
+    _wikitext_entry("wikitext-103", "WikiText-103 v1 tokenized (<unk>, @-@)", "wikitext-103-v1",
+                    _wikitext_files("tokens"), "520 MB"),
     Dataset("pg19", "20 Project Gutenberg books (Gutenberg files, not PG19-processed; 10146, 10321, 10356, 10762 "
             "are in PG19's test split): the default text of `harness regress` and `harness bench`, BABILong "
             "background text (the full PG19 corpus is Hugging Face deepmind/pg19, not fetched here)",

@@ -150,6 +150,8 @@ class BabilongTask(Task):
                                f"all (language-model loss on every token of the samples)")
         self.loss = loss
         self.extra_questions = _as_int(extra_questions, "extra_questions", 0)
+        # what a sample's extra questions add to its length (packing sizes later stories for it)
+        self.extra_question_tokens = self.extra_questions * len(self.codec.encode(EXTRA_TEMPLATE + " garden."))
         self.curve_samples = _as_int(curve_samples, "curve_samples", 0)
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
@@ -212,7 +214,7 @@ class BabilongTask(Task):
         stats = {} if stats is None else stats  # counters of training rows only (not validation)
         return pack_rows(self._example, self.tasks, step, batch_size, seq_len, seed, pad_id=self.codec.pad_id,
                          story_cap=self.train_story_cap, pack=bool(self.pack), answers_only=answers_only,
-                         extra_tokens=self.extra_questions * len(self.codec.encode(EXTRA_TEMPLATE + " garden.")),
+                         extra_tokens=self.extra_question_tokens,
                          stats=stats)
 
     def train_batch(self, step, batch_size, seq_len, seed):
