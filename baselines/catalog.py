@@ -19,3 +19,6 @@ MODELS.register("gated-deltanet", "baselines.gated_deltanet.model:build", aliase
 MODELS.register("bag-of-tokens", "baselines.bag_of_tokens:build", aliases=("control", "bag"),
                 summary="recall control: causal mean of token embeddings + position-wise MLPs (order-blind; "
                         "MQAR stays at 1/kv_pairs)", family="control")
+MODELS.register_prefix("hf", "baselines.hf:build",
+                       summary="any Hugging Face causal LM (AutoModelForCausalLM) with its own tokenizer: "
+                               "hf:<repo-id-or-folder>[@revision]", family="pretrained")

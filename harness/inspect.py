@@ -37,4 +37,6 @@ def parameter_table(vocab_size: int = 256) -> str:
         aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
         lines.append(f"{entry.name:<18}{''.join(f'{_human(c):>9}' for c in counts)}   {streaming:<10} "
                      f"{entry.summary}{aliases}")
+    for entry in MODELS.prefixes():  # e.g. hf:<source>: sized by its weights, not by a preset
+        lines.append(f"{entry.name:<18}{'(its own size)':>36}   {'by model':<10} {entry.summary}")
     return "\n".join(lines)

@@ -10,8 +10,9 @@ The `ci` suite (sized to fit 15 minutes on 2 CPU cores with about a dozen models
   fails loudly instead of being compared;
 - MQAR recall (task `mqar`, CI_MQAR: 4 key-value pairs in 32 tokens, vocabulary 64) for every model, trained
   CI_MQAR_BUDGET (150 steps x 32): every row sits far above the random-guess level (1/32), at or above the
-  no-recall level (25 %), so a model whose memory or attention breaks fails it. (BABILong rows were dropped: at
-  this budget every model is at chance there, and a row at chance cannot fail.)
+  no-recall level (25 %), so a model whose memory or attention breaks fails it;
+- BABILong qa1 at 0k (CI_BABILONG, 300 steps x 32) for the models that learn it at that budget
+  (CI_BABILONG_MODELS: Gated DeltaNet); the other models' rows would sit near chance and could not fail.
 
 Compared metrics: each case's primary metric and its per-length breakdown (`acc/mean` and `acc/mean/<len>`).
 
@@ -87,6 +88,13 @@ CI_BYTES_LIMIT = 8192
 # outside every row's tolerance (tests/test_regress.py breaks two models on purpose and sees them fail).
 CI_MQAR = dict(kv_pairs="4", seq_len="32", test_size="256")
 CI_MQAR_BUDGET = dict(preset="tiny", steps=150, batch_size=32, lr=3e-3, eval_every=0, checkpoint_every=0)
+# BABILong rows only for models that learn it at a CI budget (lower bound far above the 1-in-6 guess): qa1 at 0k
+# with movement phrases as single tokens, where Gated DeltaNet tiny answers ~all 100 samples after 300 steps
+# (the others stay near the "person's places" plateau and their rows could not fail a broken model)
+CI_BABILONG_MODELS = ("gated-deltanet",)
+CI_BABILONG = dict(tasks="qa1", lengths="0k", samples="100", tokenizer="phrases", curve_samples="0")
+CI_BABILONG_BUDGET = dict(preset="tiny", steps=300, batch_size=32, lr=1e-3, eval_every=0, checkpoint_every=0)
+
 
 def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list[str]]:
     notes = []
@@ -99,6 +107,11 @@ def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list
     cases = [Case(m, "bytes", dict(CI_BUDGET, limit=CI_BYTES_LIMIT, data_file=str(data))) for m in models]
     cases += [Case(m, "mqar", dict(CI_MQAR_BUDGET, task_args=dict(CI_MQAR))) for m in models]
     notes.append(f"mqar cases: {CI_MQAR}, {CI_MQAR_BUDGET['steps']} steps x {CI_MQAR_BUDGET['batch_size']}")
+    learners = [m for m in models if m in CI_BABILONG_MODELS]
+    cases += [Case(m, "babilong", dict(CI_BABILONG_BUDGET, task_args=dict(CI_BABILONG))) for m in learners]
+    if learners:
+        notes.append(f"babilong cases ({', '.join(learners)}): {CI_BABILONG}, {CI_BABILONG_BUDGET['steps']} steps x "
+                     f"{CI_BABILONG_BUDGET['batch_size']}")
     return cases, notes
 
 

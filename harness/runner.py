@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -143,10 +144,22 @@ def resolve_budget(cfg: RunConfig):
     return budget
 
 
+# Tasks that can read text with a pretrained model's own tokenizer (their `tokenizer=hf:<source>` option).
+TOKENIZER_TASKS = ("babilong",)
+
+
 def load_task(cfg: RunConfig):
-    """The task with its options; tasks may size themselves by preset (e.g. a BPE vocabulary)."""
+    """The task with its options; tasks may size themselves by preset (e.g. a BPE vocabulary). A pretrained model
+    (hf:<source>) gives the task its own tokenizer unless --task-arg tokenizer=... says otherwise."""
     task_options = {"preset": cfg.preset, **cfg.task_args}
-    build = TASKS.load(TASKS.resolve(cfg.task).name)
+    task_name = TASKS.resolve(cfg.task).name
+    source = MODELS.resolve(cfg.model).meta.get("source")
+    if source is not None:
+        if task_name not in TOKENIZER_TASKS:
+            raise HarnessError(f"--model {cfg.model} reads text with its own tokenizer, which task {task_name} does "
+                               f"not take; tasks for hf: models: {', '.join(TOKENIZER_TASKS)}")
+        task_options.setdefault("tokenizer", f"hf:{source}")
+    build = TASKS.load(task_name)
     return build(data_dir=cfg.data_dir, data_file=cfg.data_file, **task_options)
 
 
@@ -317,7 +330,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
 
     key = run_key(cfg, budget, task_info)
     config_id = config_identity(cfg, budget, task_info, device.type)
-    ckpt_path = root / "checkpoints" / f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}.pt"
+    ckpt_stem = re.sub(r"[^A-Za-z0-9_.+-]", "-", f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}")
+    ckpt_path = root / "checkpoints" / f"{ckpt_stem}.pt"  # hf:org/name is written hf-org-name
     if progress is not None and budget.steps and not cfg.checkpoint:  # a run that trains can be resumed
         progress["checkpoint"] = ckpt_path
     history: dict = {"train": [], "val": []}

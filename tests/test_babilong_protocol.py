@@ -154,3 +154,21 @@ def test_the_shortcut_level_answers_with_the_label_named_last():
     task = BabilongTask(source="generator", tasks="qa1", lengths="0k")
     level = shortcut_accuracy(task.eval_samples("qa1", "0k", 0, 100), places)
     assert 30 < level < 60, level
+
+
+def test_the_record_states_the_random_guess_level_per_cell():
+    """harness regress checks a BABILong row only where its lower bound clears this level (one label in six; qa5
+    one in seven)."""
+    task = BabilongTask(source="generator", tasks="qa1,qa5", lengths="0k,1k")
+    levels = task.describe()["guess_level"]
+    assert levels["qa1/0k"] == pytest.approx(100 / 6, abs=1e-4) and levels["qa5/1k"] == pytest.approx(100 / 7, abs=1e-4)
+    assert levels["mean/0k"] == levels["mean"] == pytest.approx((100 / 6 + 100 / 7) / 2, abs=1e-4)
+
+
+def test_named_budgets_at_preset_tiny():
+    assert BabilongTask(source="generator", tasks="qa1").budget_defaults("tiny")["steps"] == 750
+    long = BabilongTask(source="generator", tasks="qa1", budget="long")
+    assert long.budget_defaults("tiny")["steps"] == 1500 and long.describe()["budget"] == "long"
+    assert long.budget_defaults("small") == {}  # larger presets keep their own budget
+    with pytest.raises(HarnessError, match="budget 'huge' is not one of main, long"):
+        BabilongTask(source="generator", tasks="qa1", budget="huge")

@@ -99,6 +99,29 @@ def test_chunked_matches_transformers_qwen3_next_implementation():
     torch.testing.assert_close(s, s_ref.double(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("fla") is not None,
+                    reason="with fla installed transformers' function is fla's GPU kernel, not its PyTorch code")
+def test_cpu_float32_runs_transformers_copy_with_the_same_result(monkeypatch):
+    """On the CPU in float32 the dispatcher calls transformers' torch_chunk_gated_delta_rule (any scale), with the
+    harness' chunked form's result; float64 stays on the harness' form, exact against the recurrence."""
+    from baselines.gated_deltanet import ops
+
+    library = ops.library_chunk_gated_delta_rule()
+    assert library is not None
+    calls = []
+    monkeypatch.setattr(ops, "_LIBRARY", [lambda *a, **kw: calls.append(1) or library(*a, **kw)])
+    q, k, v, g, beta, S0 = (x.float() for x in random_inputs(T=40))
+    for scale in (None, 0.2):
+        o, s = ops.chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=S0, output_final_state=True,
+                                          chunk_size=16)
+        o_ref, s_ref = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, S0, True, 16)
+        torch.testing.assert_close(o, o_ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(s, s_ref, rtol=0, atol=1e-5)
+    assert len(calls) == 2
+    ops.chunk_gated_delta_rule(*random_inputs(T=10)[:5])
+    assert len(calls) == 2
+
+
 # ---- the LM -----------------------------------------------------------------------------------------------
 
 

@@ -72,7 +72,8 @@ def test_ci_suite_covers_every_registered_model(tmp_path):
     assert all("model_args" not in c.run_args for c in cases)
     assert all(c.run_args["steps"] == 60 for c in cases if c.task == "bytes")
     assert any("not enwik8" in n for n in notes)
-    assert not any(c.task == "babilong" for c in cases)  # chance-level rows cannot fail a broken model
+    # BABILong rows only for the models that learn it at the CI budget (others would sit at chance and never fail)
+    assert {c.model for c in cases if c.task == "babilong"} == set(regress.CI_BABILONG_MODELS) & set(MODELS.names())
     assert "mqar" in TASKS
 
 
@@ -134,6 +135,24 @@ def test_ci_suite_fails_a_deliberately_broken_model(model, monkeypatch, shared_d
                         log=lines.append) == 1
     failed = [line for line in lines if line.startswith("FAILED") and f"{model} mqar acc" in line]
     assert failed and all("diff -" in line for line in failed), lines  # failed on the score, not the config
+
+
+@pytest.mark.slow
+def test_the_babilong_row_fails_a_gated_deltanet_without_its_memory(monkeypatch, shared_data):
+    """The BABILong row (qa1 at 0k, where Gated DeltaNet answers every sample) catches the model with its delta rule
+    replaced by a pass-through of the values: no token reaches the question from further than the short conv."""
+    from baselines.gated_deltanet import layer
+
+    def pass_through(q, k, v, *args, **kwargs):  # the values out, an empty state [B, H, K, V]
+        return v, v.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+
+    monkeypatch.setattr(layer, "chunk_gated_delta_rule", pass_through)
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(shared_data))  # the reference's samples: built from bAbI + PG19
+    lines = []
+    assert regress.main("ci", models=["gated-deltanet"], tasks=["babilong"], data_file=str(shared_data / "pg19"),
+                        log=lines.append) == 1
+    failed = [line for line in lines if line.startswith("FAILED") and "gated-deltanet babilong acc" in line]
+    assert failed and all("diff -" in line for line in failed), lines
 
 
 def test_rows_that_cannot_fail_a_broken_model_are_marked_and_skipped(tmp_path, monkeypatch):

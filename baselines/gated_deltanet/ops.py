@@ -12,14 +12,20 @@ alpha_t = exp(g_t) is passed in log space as g_t <= 0, beta_t in (0, 1).
   algorithm, Eqs. 3-9, extended with the decay products gamma): inside a chunk of C tokens the per-token
   corrections u solve one unit-lower-triangular system, so the only sequential work is one state update per chunk. Pure PyTorch, runs on the CPU. The
   formulation follows fla's `chunk_gated_delta_rule` and transformers' Qwen3-Next `torch_chunk_gated_delta_rule`.
-- `chunk_gated_delta_rule`: uses fla's Triton kernel when fla is importable and the tensors are on CUDA, else the
-  PyTorch version. Both take and return the same tensors, so the caller never needs to know which one ran.
+- `chunk_gated_delta_rule`: fla's Triton kernel when fla is importable and the tensors are on CUDA; otherwise, in
+  float32 / bf16, transformers' `torch_chunk_gated_delta_rule` (Qwen3-Next), the same algorithm in PyTorch, which
+  gave bitwise the same outputs as `chunk_gated_delta_rule_torch` at the presets' shapes and no measurable speed
+  difference (scripts/bench_gated_delta.py: 0.89-1.07x), so the library's copy is the one used; in float64 (the
+  tests) or where transformers lacks it, `chunk_gated_delta_rule_torch`. All take and return the same tensors, so
+  the caller never needs to know which one ran.
 
 All functions take q, k [B, T, H, K], v [B, T, H, V], g, beta [B, T, H], initial_state [B, H, K, V] or None and
 return (o [B, T, H, V], final_state [B, H, K, V] or None). They compute in float32 (float64 if given float64).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -104,18 +110,44 @@ def chunk_gated_delta_rule_torch(q, k, v, g, beta, scale=None, initial_state=Non
     return o, (S if output_final_state else None)
 
 
+_LIBRARY = []  # transformers' torch_chunk_gated_delta_rule once looked up (None: this transformers lacks it)
+
+
+def library_chunk_gated_delta_rule():
+    """transformers' PyTorch chunked gated delta rule, or None. Its dispatcher would warn that the PyTorch path is
+    "much slower" than fla on every CPU run; on the CPU that path is the intended one, so that warning is muted."""
+    if not _LIBRARY:
+        try:
+            from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
+            logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
+        except ImportError:
+            torch_chunk_gated_delta_rule = None
+        _LIBRARY.append(torch_chunk_gated_delta_rule)
+    return _LIBRARY[0]
+
+
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                            chunk_size=64):
-    """fla's kernel on CUDA when installed, else `chunk_gated_delta_rule_torch`. Output in q's dtype, final state
-    in float32 (or float64). Some older fla releases refuse float32 inputs: run the CUDA model under bf16 autocast
-    (or uninstall fla) in that case."""
+    """fla's kernel on CUDA when installed; else transformers' PyTorch version (float32 / bf16) or
+    `chunk_gated_delta_rule_torch` (float64, or no library copy). Output in q's dtype, final state in float32 (or
+    float64). Some older fla releases refuse float32 inputs: run the CUDA model under bf16 autocast (or uninstall
+    fla) in that case."""
     if _fla_chunk_gated_delta_rule is not None and q.is_cuda:
         o, state = _fla_chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                                output_final_state=output_final_state)
         return o, state
+    library = library_chunk_gated_delta_rule() if q.dtype != torch.float64 else None
     # Under mixed precision the recurrence still runs in float32: autocast would otherwise run its matmuls in
     # bf16/fp16, and rounding errors compound through the chunk-to-chunk state hand-over.
     with torch.autocast(device_type=q.device.type, enabled=False):
-        o, state = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                chunk_size)
+        if library is not None:
+            head_dim = q.shape[-1]
+            if scale is not None and scale != head_dim ** -0.5:  # the library always scales q by 1/sqrt(K)
+                q = q * (scale * head_dim ** 0.5)
+            o, state = library(q, k, v, g, beta, chunk_size=chunk_size,
+                               initial_state=None if initial_state is None else initial_state.float(),
+                               output_final_state=output_final_state)
+        else:
+            o, state = chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                    chunk_size)
     return o.to(q.dtype), state

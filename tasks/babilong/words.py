@@ -61,5 +61,8 @@ class WordCodec:
     def encode(self, text: str) -> list[int]:
         return [self.token_id(w) for w in self._token_re.findall(text)]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.encode(text)
+
     def decode(self, ids) -> str:
         return " ".join(self._words.get(int(i), f"<w{int(i) - len(self.fixed)}>") for i in ids)
