@@ -26,7 +26,7 @@ import torch
 
 from harness.adapter import _NO_STATE, LMAdapter, WindowStreaming, apply_overrides
 from harness.errors import HarnessError
-from tasks.babilong.codecs import hf_load_kwargs, split_hf_source
+from harness.hf_source import hf_load_kwargs, split_hf_source
 
 STATE_MODEL_TYPES = ("mamba2",)  # streamed through their recurrent cache (baselines/mamba2.py)
 

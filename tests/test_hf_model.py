@@ -128,3 +128,17 @@ def test_official_prompts_are_the_benchmarks():
         assert getattr(prompts, name) == data[name]
     for task, parts in prompts.DEFAULT_PROMPTS.items():
         assert parts == data["DEFAULT_PROMPTS"][task]
+
+
+def test_sources_split_a_revision_and_keep_folders_offline(tmp_path):
+    from harness.hf_source import hf_load_kwargs, split_hf_source
+
+    assert split_hf_source("org/name@v1.0") == ("org/name", "v1.0")
+    assert split_hf_source("org/name") == ("org/name", None)
+    odd = tmp_path / "model@2"  # a folder whose name has an @ is a folder, not a revision
+    odd.mkdir()
+    assert split_hf_source(str(odd)) == (str(odd), None)
+    assert hf_load_kwargs(str(odd), None) == {"local_files_only": True}
+    assert hf_load_kwargs("org/name", "v1.0") == {"revision": "v1.0"}
+    with pytest.raises(HarnessError, match="should read"):
+        split_hf_source("org/name@")
