@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.adapter import _NO_STATE, LMAdapter, WindowStreaming, apply_overrides
+from harness.adapter import LMAdapter, WindowStreaming, apply_overrides
 from harness.errors import HarnessError
 from harness.hf_source import hf_load_kwargs, split_hf_source
 
@@ -52,15 +52,6 @@ class HFCausalLM(WindowStreaming, LMAdapter):
             self.streaming = "window"
         else:
             self.streaming = "none"
-
-    @property
-    def max_context(self) -> int | None:
-        return self.config.max_seq_len if self.streaming == "window" else None
-
-    def forward(self, input_ids, state=_NO_STATE):
-        if state is _NO_STATE and (self.streaming != "window" or input_ids.shape[1] <= self.config.max_seq_len):
-            return self.forward_full(input_ids)
-        return super().forward(input_ids, state)
 
     def forward_full(self, input_ids):
         logits = self.lm(input_ids, use_cache=False).logits

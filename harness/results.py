@@ -80,7 +80,12 @@ def record_filename(record: dict) -> str:
     # The random tail keeps two runs of one configuration finishing in the same second from overwriting each other.
     parts = [stamp, record["model"], record["preset"], record["task"], f"s{record['seed']}", record["run_id"][:8],
              secrets.token_hex(3)]
-    return re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(map(str, parts))) + ".json"
+    return safe_filename("_".join(map(str, parts))) + ".json"
+
+
+def safe_filename(name: str) -> str:
+    """`name` with every character outside [A-Za-z0-9_.+-] replaced by "-" (model names like hf:org/name)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", name)
 
 
 def ensure_writable(root: str | os.PathLike) -> None:

@@ -13,7 +13,6 @@ import copy
 import hashlib
 import json
 import math
-import re
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from harness.results import (
     git_info,
     package_versions,
     results_root,
+    safe_filename,
     utc_now,
     write_record,
 )
@@ -330,8 +330,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
 
     key = run_key(cfg, budget, task_info)
     config_id = config_identity(cfg, budget, task_info, device.type)
-    ckpt_stem = re.sub(r"[^A-Za-z0-9_.+-]", "-", f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}")
-    ckpt_path = root / "checkpoints" / f"{ckpt_stem}.pt"  # hf:org/name is written hf-org-name
+    ckpt_name = safe_filename(f"{model_name}_{cfg.preset}_{task_name}_s{cfg.seed}_{key}")  # hf:org/x -> hf-org-x
+    ckpt_path = root / "checkpoints" / f"{ckpt_name}.pt"
     if progress is not None and budget.steps and not cfg.checkpoint:  # a run that trains can be resumed
         progress["checkpoint"] = ckpt_path
     history: dict = {"train": [], "val": []}

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from tasks.babilong.codecs import ByteCodec, HFCodec, make_codec
+from tasks.babilong.codecs import ByteCodec, make_codec
 from tasks.babilong.common import (
     ANSWER_TEMPLATE,
     PROMPT_TEMPLATE,
@@ -139,9 +139,16 @@ class BabilongTask(Task):
         # Fine-tuning rows (prompt frame + story + answer) need ~256 bytes at 0k; the runner widens a shorter
         # preset context to this and says so in the record.
         self.preferred_seq_len = 256 if tokenizer == "bytes" else 128
-        if hf_tokenizer or self.prompt != "plain":  # room for the measured prompt frame plus a 0k story
-            frame = len(self.prompt_ids(BabilongSample("", "Where is Mary?", "kitchen", self.tasks[0], "0k", "")))
-            self.preferred_seq_len = -(-(frame + 128) // 64) * 64
+        # tokens per story line and of the prompt frame (train_story_cap): a bAbI line is ~30 bytes (~8 GPT-2
+        # tokens) and the plain frame ~50 bytes; a pretrained model's tokenizer and the official prompt (~200
+        # tokens) are measured once here, and the rows get room for that frame plus a 0k story
+        if hf_tokenizer or self.prompt != "plain":
+            self.line_tokens = len(self.codec.encode("Mary travelled to the bathroom.\n")) + 1
+            self.frame_tokens = len(self.prompt_ids(BabilongSample("", "Where is Mary?", "kitchen", self.tasks[0],
+                                                                   "0k", "")))
+            self.preferred_seq_len = -(-(self.frame_tokens + 128) // 64) * 64
+        else:
+            self.line_tokens, self.frame_tokens = (30, 50) if isinstance(self.codec, ByteCodec) else (8, 15)
         self.max_new_tokens = _as_int(max_new_tokens, "max_new_tokens", 1) if max_new_tokens is not None else (
             20 if tokenizer == "gpt2" or hf_tokenizer else 40)  # the benchmark generates 20 tokens (~40 bytes)
         self.segment_len = _as_int(segment_len, "segment_len", 1) if segment_len is not None else None
@@ -184,15 +191,9 @@ class BabilongTask(Task):
         return dict(BUDGETS[self.budget]) if preset == "tiny" else {}
 
     def train_story_cap(self, seq_len: int) -> int | None:
-        """Longest story (lines) worth drawing for a training context of seq_len tokens: a bAbI line is ~30
-        bytes (~8 GPT-2 tokens) and the plain prompt frame ~50 bytes; a pretrained model's tokenizer and the
-        official prompt (~200 tokens) are measured. Longer stories would only be cut."""
-        if isinstance(self.codec, HFCodec) or self.prompt != "plain":
-            per_line = len(self.codec.encode("Mary travelled to the bathroom.\n")) + 1
-            frame = len(self.prompt_ids(BabilongSample("", "Where is Mary?", "kitchen", self.tasks[0], "0k", "")))
-        else:
-            per_line, frame = (30, 50) if isinstance(self.codec, ByteCodec) else (8, 15)
-        return max(3, (seq_len - frame) // per_line)
+        """Longest story (lines) worth drawing for a training context of seq_len tokens (line and frame sizes from
+        __init__); longer stories would only be cut."""
+        return max(3, (seq_len - self.frame_tokens) // self.line_tokens)
 
     def _train_sample(self, task, index, seed, max_lines=None):
         length, tokens = self.train_length
