@@ -9,9 +9,13 @@ times the identity (Section 3, the SSD layer), discretised with a step dt_t:
     H_t = exp(dt_t * A_h) H_{t-1} + dt_t x_t B_t^T        (state H_t: [head_dim, state_size] per head)
     y_t = H_t C_t + D_h x_t
 
-computed by the chunked SSD algorithm (Section 6 and its minimal "ssd_minimal" listing) in transformers' pure-PyTorch
-path on the CPU. When mamba-ssm and causal-conv1d are installed, transformers picks their CUDA/Triton kernels by
-itself; nothing here chooses or patches the kernel selection.
+computed by the chunked SSD algorithm (Section 6 and its minimal "ssd_minimal" listing). Where transformers has no
+kernel for the device (the CPU; CUDA without mamba-ssm), the scan is the harness's own `baselines/ssd.py`
+(`scan="auto"`), swapped in for transformers' pure-PyTorch `mamba2_chunk_scan` only while this model runs: the same
+result (tested against it and against a token-by-token recurrence) in a fraction of the memory, since
+transformers' version keeps B and C repeated to every head and every intermediate for backward.
+`scan="library"` keeps transformers' function. When mamba-ssm and causal-conv1d are installed, transformers picks
+their CUDA/Triton kernels by itself.
 
 Streaming: the state between segments is, per layer, the last `conv_kernel` inputs of the depthwise conv and the SSM
 state [B, num_heads, head_dim, state_size]; both have a fixed size, so scoring a long stream segment by segment
@@ -21,11 +25,16 @@ with `initial_states`, the conv over cached inputs + new inputs), checked in tes
 
 from __future__ import annotations
 
+import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.models.mamba2 import modeling_mamba2
 
+from baselines.ssd import ssd_chunk_scan
 from harness.adapter import _NO_STATE, LMAdapter, apply_overrides, flavor
 from harness.errors import HarnessError
 
@@ -44,6 +53,9 @@ class Mamba2LMConfig:
     chunk_size: int = 256  # SSD chunk length: speed only, the result does not depend on it (tested)
     norm_eps: float = 1e-5  # RMSNorm epsilon
     init_std: float = 0.02  # std of the normal init of embeddings and in_proj (transformers' initializer_range)
+    dt_min: float = 0.001  # the steps dt start log-uniform in [dt_min, dt_max] (mamba-ssm's defaults)
+    dt_max: float = 0.1
+    scan: str = "auto"  # SSD scan: auto (mamba-ssm's kernel where transformers has one, else ssd), ssd, library
 
 
 # Sized to Transformer++'s parameter counts at vocab 256: same width, ~2.5x the blocks, since a Mamba-2 block has
@@ -59,6 +71,9 @@ FLAVORS = {
 }
 
 
+SCANS = ("auto", "ssd", "library")
+
+
 def _check(config: Mamba2LMConfig) -> None:
     """One-line errors for settings transformers would reject with a long traceback (or silently misuse)."""
     for name in ("vocab_size", "dim", "depth", "expand", "num_heads", "head_dim", "state_size", "n_groups",
@@ -69,6 +84,10 @@ def _check(config: Mamba2LMConfig) -> None:
         raise HarnessError(f"mamba2: num_heads * head_dim ({config.num_heads} * {config.head_dim} = "
                            f"{config.num_heads * config.head_dim}) must equal expand * dim ({config.expand} * "
                            f"{config.dim} = {config.expand * config.dim}); change num_heads or head_dim")
+    if not 0 < config.dt_min <= config.dt_max:
+        raise HarnessError(f"mamba2: need 0 < dt_min <= dt_max, got dt_min={config.dt_min}, dt_max={config.dt_max}")
+    if config.scan not in SCANS:
+        raise HarnessError(f"mamba2: unknown scan {config.scan!r}; accepted: {', '.join(SCANS)}")
     if config.num_heads % config.n_groups:
         raise HarnessError(f"mamba2: n_groups ({config.n_groups}) must divide num_heads ({config.num_heads})")
 
@@ -94,6 +113,7 @@ class Mamba2LM(LMAdapter):
             expand=config.expand, num_heads=config.num_heads, head_dim=config.head_dim,
             state_size=config.state_size, n_groups=config.n_groups, conv_kernel=config.conv_kernel,
             chunk_size=config.chunk_size, layer_norm_epsilon=config.norm_eps, initializer_range=config.init_std,
+            time_step_min=config.dt_min, time_step_max=config.dt_max,
             tie_word_embeddings=False, use_cache=False,
             rescale_prenorm_residual=True,  # out_proj init scaled by 1/sqrt(depth), as mamba-ssm's LM does
         )
@@ -104,15 +124,42 @@ class Mamba2LM(LMAdapter):
         # in training mode, transformers then takes the fused conv+scan kernel. Streaming calls go through the
         # cache in forward_with_state; on the CPU both paths run the same chunked scan.
         if state is _NO_STATE:
-            logits = self.lm(input_ids, use_cache=False).logits
+            with self._scan(input_ids.device):
+                logits = self.lm(input_ids, use_cache=False).logits
             return logits, logits.new_zeros(())
         return super().forward(input_ids, state)
 
     def forward_with_state(self, input_ids, state):
         """state: None, or a tuple with one (conv_state [B, conv_dim, conv_kernel], ssm_state [B, H, P, N]) per
         layer. Returns detached copies, so a state passed in is never modified and segments do not chain graphs."""
-        logits, new_state = stream_through_cache(self.lm, self.hf_config, input_ids, state, "mamba2")
+        with self._scan(input_ids.device):
+            logits, new_state = stream_through_cache(self.lm, self.hf_config, input_ids, state, "mamba2")
         return logits, logits.new_zeros(()), new_state
+
+    def describe(self) -> dict:
+        return {**super().describe(), "scan": self.scan_in_use(next(self.parameters()).device)}
+
+    def scan_in_use(self, device: torch.device) -> str:
+        """"ssd" (baselines/ssd.py) or "library" (transformers' mamba2_chunk_scan: mamba-ssm's kernel where it
+        has one for the device, else its PyTorch code) for a forward on `device`."""
+        if self.config.scan == "auto":
+            kernel = device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is not None
+            return "library" if kernel else "ssd"
+        return self.config.scan
+
+    @contextmanager
+    def _scan(self, device):
+        """transformers' Mamba-2 layers call the module-level `mamba2_chunk_scan`; for the duration of this
+        model's forward it is the harness's SSD scan, when that is the scan in use (restored afterwards)."""
+        if self.scan_in_use(device) != "ssd":
+            yield
+            return
+        library = modeling_mamba2.mamba2_chunk_scan
+        modeling_mamba2.mamba2_chunk_scan = ssd_chunk_scan
+        try:
+            yield
+        finally:
+            modeling_mamba2.mamba2_chunk_scan = library
 
 
 def stream_through_cache(lm, hf_config, input_ids, state, who: str):

@@ -117,3 +117,14 @@ def test_registry_and_errors():
         build("tiny", overrides={"n_groups": 3})
     with pytest.raises(HarnessError, match="no preset"):
         build("huge")
+    with pytest.raises(HarnessError, match="need 0 < dt_min <= dt_max"):
+        build("tiny", overrides={"dt_min": 0.5, "dt_max": 0.1})
+
+
+def test_initial_steps_follow_dt_min_and_dt_max():
+    import torch.nn.functional as F
+
+    model = build("tiny", overrides={"dt_min": 0.01, "dt_max": 0.5})
+    for layer in model.lm.backbone.layers:
+        dt = F.softplus(layer.mixer.dt_bias)
+        assert dt.min() >= 0.01 * 0.999 and dt.max() <= 0.5 * 1.001

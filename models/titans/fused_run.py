@@ -312,12 +312,17 @@ def _backward_by_hand(ctx, per_chunk, gy, g_out):
             g_m, g_m_end, g_mo_end, g_e_end, *gA, *(gS if momentum else ()))
 
 
+@torch.compiler.disable  # see below
 def fused_chunk_run(q, k, v, coef, A, S, clip, stats=None):
     """Runs whole chunks laid out chunk-major: q, k [nc, N, n, d0], v [nc, N, n, dL], coef from
     `ops._coefficients(..., factors=False)` over the same layout, A and S (or None) per-layer states
     [N, d_l, d_{l+1}] before the first chunk; clip: the per-token gradient cap (already divided by the bias's
     gradient scale) or None; stats: the cap's counter (memory_net.count_capped) or None. Returns y [nc, N, n,
-    dL], the states after the last chunk and the last chunk's start states."""
+    dL], the states after the last chunk and the last chunk's start states.
+
+    Under torch.compile this op runs eagerly (a graph break before and after it): dynamo cannot trace the
+    hand-written backward, whose in-place accumulation into per-chunk slices of its gradient buffers it rejects
+    ("an intermediate tensor ... aliases an input or output", torch 2.13); the rest of the model compiles."""
     momentum = S is not None
     get = lambda key: coef[key] if momentum else None  # noqa: E731
     # keep what backward needs only when there will be one (without a graph, memory stays flat along a stream)
