@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM
@@ -72,6 +73,11 @@ FLAVORS = {
 
 
 SCANS = ("auto", "ssd", "library")
+
+
+@cache
+def _mamba_ssm_installed() -> bool:  # looked up once, not on every forward
+    return importlib.util.find_spec("mamba_ssm") is not None
 
 
 def _check(config: Mamba2LMConfig) -> None:
@@ -143,7 +149,7 @@ class Mamba2LM(LMAdapter):
         """"ssd" (baselines/ssd.py) or "library" (transformers' mamba2_chunk_scan: mamba-ssm's kernel where it
         has one for the device, else its PyTorch code) for a forward on `device`."""
         if self.config.scan == "auto":
-            kernel = device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is not None
+            kernel = device.type == "cuda" and _mamba_ssm_installed()
             return "library" if kernel else "ssd"
         return self.config.scan
 
