@@ -62,14 +62,14 @@ class BagOfTokens(LMAdapter):
     def forward_with_state(self, input_ids, state):
         x = self.embed(input_ids)
         total = x.cumsum(1)
-        count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)
+        seen = 0 if state is None else state["count"]  # tokens before this call: a Python int, no device sync
+        count = torch.arange(seen + 1, seen + x.shape[1] + 1, device=x.device, dtype=x.dtype)
         if state is not None:
             total = total + state["sum"][:, None]
-            count = count + state["count"]
         h = x + self.mix(total / count[None, :, None])
         for block in self.blocks:
             h = block(h)
-        new_state = {"sum": total[:, -1].detach(), "count": int(count[-1].item())}
+        new_state = {"sum": total[:, -1].detach(), "count": seen + x.shape[1]}
         return self.head(self.norm(h)), h.new_zeros(()), new_state
 
     @property

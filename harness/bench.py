@@ -31,14 +31,23 @@ Per model and sequence length, on random tokens of one batch (--batch-size x seq
 Medians and spread (max - min over the repeats) are written to <output-dir>/bench.csv; the plot of tokens/s
 against sequence length to <output-dir>/bench_tokens_per_s.png.
 
-Performance switches (`--switches compile,prefetch,eval,amp`): each runs the real training loop (runner.run,
+Compilation (`--compile off|on|both`): with `on` the measured model is torch.compile(model) (the runner's
+`--compile`); `both` measures every (model, seq_len) eagerly and compiled, each in its own child process, and
+prints the on/off ratios. Compilation happens in the first warm-up steps (the training graph, with its backward,
+at the first training step; the no-grad graph at the first inference step), so the timed steps after the
+warm-up are steady-state steps. `first_train_s` / `first_infer_s` are the first training / inference step's time
+(compilation included when compiled), and `graph_breaks` is dynamo's graph-break count over the row (blank when
+eager). A compiled row needs --warmup >= 1.
+
+Performance switches (`--switches prefetch,eval,amp`): each runs the real training loop (runner.run,
 task `bytes` on --data-file, else the catalog's pg19 from $HARNESS_DATA_DIR or the cache, --switch-steps steps
-at the preset's batch and length, no test scoring) with the switch off and on, and prints/writes steady-state tokens/s to <output-dir>/switches.csv: each setting
-runs S and 2S steps and reports the extra tokens over the extra time, which cancels one-off costs (compilation,
-model build, data loading); "train" is training-loop time (batch waits included, evaluation excluded), "wall"
-includes periodic evaluation. compile = torch.compile; prefetch = background batch prefetch (depth
+at the preset's batch and length, no test scoring) with the switch off and on, and prints/writes steady-state
+tokens/s to <output-dir>/switches.csv: each setting runs S and 2S steps and reports the extra tokens over the extra
+time, which cancels one-off costs (model build, data loading); "train" is training-loop time (batch waits
+included, evaluation excluded), "wall" includes periodic evaluation. prefetch = background batch prefetch (depth
 2 vs 0); eval = validation every 5 steps with 4 batches vs only at the end; amp = bf16 autocast + TF32 (CUDA
-only).
+only). Compilation is not a switch: its one-off cost (15-100 s on a CPU) varies from run to run by more than a
+difference of S steps takes, so the S / 2S difference came out <= 0; `--compile both` measures it instead.
 """
 
 from __future__ import annotations
@@ -64,9 +73,14 @@ from harness.runner import resolve_device
 
 COLUMNS = ["model", "preset", "device", "seq_len", "batch_size", "params", "flops_params", "train_tok_s",
            "train_tok_s_spread", "infer_tok_s", "infer_tok_s_spread", "peak_mem_mb", "model_mem_mb", "mem_method",
-           "train_mfu", "infer_mfu", "peak_flops", "flops_formula", "repeats", "pid", "error"]
+           "train_mfu", "infer_mfu", "peak_flops", "flops_formula", "repeats", "compile", "first_train_s",
+           "first_infer_s", "graph_breaks", "pid", "error"]
 SWITCH_COLUMNS = ["model", "preset", "device", "switch", "state", "steps", "train_tok_s", "wall_tok_s"]
-SWITCHES = ("compile", "prefetch", "eval", "amp")
+SWITCHES = ("prefetch", "eval", "amp")
+COMPILE_COLUMNS = ["model", "seq_len", "train_tok_s_off", "train_tok_s_on", "train_speedup", "infer_tok_s_off",
+                   "infer_tok_s_on", "infer_speedup", "first_train_s_off", "first_train_s_on", "model_mem_mb_off",
+                   "model_mem_mb_on", "graph_breaks", "error"]
+COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def _sync(device):
@@ -178,17 +192,22 @@ def flops_per_token(model, seq_len: int) -> tuple[int, float, float, str]:
     return n, 6 * n, 2 * n, "6N (no attention term)"
 
 
-def _time(fn, warmup: int, repeats: int, device) -> list[float]:
+def _time(fn, warmup: int, repeats: int, device) -> tuple[float, list[float]]:
+    """(time of the first call, times of the `repeats` calls after `warmup` untimed ones); the first call is
+    the first warm-up call (or the first timed one when warmup is 0)."""
+    first = None
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
+        _sync(device)
+        first = time.perf_counter() - t0 if first is None else first
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return times
+    return (times[0] if first is None else first), times
 
 
 def _warm_libraries() -> None:
@@ -199,16 +218,29 @@ def _warm_libraries() -> None:
     opt.step()
 
 
-def _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops) -> dict:
+def _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops, compiled=False) -> dict:
     return {"model": name, "preset": preset, "device": str(device), "seq_len": seq_len, "batch_size": batch_size,
-            "peak_flops": f"{peak_flops:.4g}", "repeats": repeats, "pid": os.getpid(), "error": ""}
+            "peak_flops": f"{peak_flops:.4g}", "repeats": repeats, "compile": "on" if compiled else "off",
+            "pid": os.getpid(), "error": ""}
+
+
+def _graph_breaks() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
 
 
 def _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args=None,
-             in_child=False) -> dict:
+             in_child=False, compiled=False) -> dict:
     """One (model, seq_len) row, measured in this process (a child of the bench when in_child)."""
-    row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops)
+    row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops, compiled)
     try:
+        if compiled:
+            import torch._dynamo as dynamo
+            from torch._dynamo.utils import counters
+
+            dynamo.reset()  # no graphs or counts from an earlier row of this process
+            counters.clear()
         MODELS.load(MODELS.resolve(name).name)  # the model's imports are not the model's memory
         if device.type == "cuda":
             base = torch.cuda.memory_allocated(device) / 2 ** 20
@@ -222,12 +254,13 @@ def _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_fl
         ids = torch.randint(0, 256, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(0)).to(device)
         x, y = ids[:, :-1], ids[:, 1:]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        forward = torch.compile(model) if compiled else model  # as the runner's --compile
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else \
             (lambda: torch.autocast("cpu", enabled=False))
 
         def train_step():
             with autocast():
-                logits, aux = model(x)
+                logits, aux = forward(x)
                 loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             (loss + aux).backward()
@@ -236,7 +269,7 @@ def _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_fl
         @torch.no_grad()
         def infer_step():
             with autocast():
-                model(x)
+                forward(x)
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -258,9 +291,12 @@ def _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_fl
                     train_t = _time(train_step, warmup, repeats, device)
                     infer_t = _time(infer_step, warmup, repeats, device)
                 peak, method = rss.peak, f"{where}: peak RSS sampled at 1 ms (approx.)"
+        (first_train, train_t), (first_infer, infer_t) = train_t, infer_t
         tokens = batch_size * seq_len
         tr = [tokens / t for t in train_t]
         inf = [tokens / t for t in infer_t]
+        row.update(first_train_s=f"{first_train:.3f}", first_infer_s=f"{first_infer:.3f}",
+                   graph_breaks=_graph_breaks() if compiled else "")
         row.update(train_tok_s=f"{statistics.median(tr):.1f}", train_tok_s_spread=f"{max(tr) - min(tr):.1f}",
                    infer_tok_s=f"{statistics.median(inf):.1f}", infer_tok_s_spread=f"{max(inf) - min(inf):.1f}",
                    peak_mem_mb=f"{peak:.1f}", model_mem_mb=f"{peak - base:.1f}", mem_method=method,
@@ -268,6 +304,10 @@ def _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_fl
                    infer_mfu=f"{statistics.median(inf) * infer_fpt / peak_flops:.4f}")
     except (RuntimeError, HarnessError) as exc:  # e.g. out of memory, or a length the model cannot take
         row["error"] = str(exc).splitlines()[0][:200]
+    except Exception as exc:  # compiled rows: dynamo and inductor failures come in many types
+        if not compiled:
+            raise
+        row["error"] = f"torch.compile: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -342,15 +382,16 @@ def call_in_child(fn, *args, **kwargs):
 
 
 def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args=None,
-              in_process=False) -> dict:
+              in_process=False, compiled=False) -> dict:
     """One row of bench.csv. On the CPU (unless in_process) it is measured in a fresh child process."""
     if in_process or device.type != "cpu":
-        return _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args)
+        return _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args,
+                        compiled=compiled)
     try:
         return call_in_child(_measure, name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops,
-                             model_args, in_child=True)
+                             model_args, in_child=True, compiled=compiled)
     except ChildDied as exc:
-        row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops)
+        row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops, compiled)
         row.update(pid="", error=str(exc)[:200])
         return row
 
@@ -361,6 +402,9 @@ def switch_runs(models, preset, switches, steps, device_name, data_file) -> list
     from harness.data_catalog import default_text
     from harness.runner import RunConfig, run
 
+    if "compile" in switches:
+        raise HarnessError("compile is not a --switches entry: measure it with --compile both (eager and compiled "
+                           "steps timed after a warm-up that includes compilation)")
     unknown = sorted(set(switches) - set(SWITCHES))
     if unknown:
         raise HarnessError(f"unknown switch(es) {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
@@ -376,16 +420,14 @@ def switch_runs(models, preset, switches, steps, device_name, data_file) -> list
                 on = state == "on"
                 kw = dict(compile=False, prefetch=0 if switch == "prefetch" else 2, eval_every=0, eval_batches=4,
                           amp=True)
-                if switch == "compile":
-                    kw["compile"] = on
-                elif switch == "prefetch":
+                if switch == "prefetch":
                     kw["prefetch"] = 2 if on else 0
                 elif switch == "eval":
                     kw["eval_every"] = 5 if on else 0
                 elif switch == "amp":
                     kw["amp"] = on
                 runs = []
-                for n_steps in (steps, 2 * steps):  # the difference cancels one-off costs (compilation, start-up)
+                for n_steps in (steps, 2 * steps):  # the difference cancels one-off costs (start-up, data loading)
                     with tempfile.TemporaryDirectory() as tmp:
                         cfg = RunConfig(model=model, task="bytes", preset=preset, steps=n_steps, data_file=data,
                                         device=device_name, output_path=tmp, update_leaderboard=False,
@@ -401,6 +443,43 @@ def switch_runs(models, preset, switches, steps, device_name, data_file) -> list
                 print(f"  {model:<18} {switch:<9} {state:<3}  train {rows[-1]['train_tok_s']:>10,.0f} tok/s   "
                       f"wall {rows[-1]['wall_tok_s']:>10,.0f} tok/s")
     return rows
+
+
+def _log_row(row: dict, log) -> None:
+    tag = f"{row['model']:<18} T={row['seq_len']:<6}" + (" compiled" if row["compile"] == "on" else "")
+    if row["error"]:
+        log(f"  {tag} error: {row['error']}")
+        return
+    log(f"  {tag} train {float(row['train_tok_s']):>10,.0f} tok/s "
+        f"(±{float(row['train_tok_s_spread']) / 2:,.0f})  infer {float(row['infer_tok_s']):>10,.0f} "
+        f"tok/s  mem {float(row['peak_mem_mb']):>8,.0f} MB (model {float(row['model_mem_mb']):,.0f})  "
+        f"MFU train {float(row['train_mfu']):.2%} infer {float(row['infer_mfu']):.2%}")
+
+
+def compile_table(rows: list[dict]) -> list[dict]:
+    """One row per (model, seq_len) measured both ways: compiled / eager median tokens/s (training, inference),
+    the first step's time each way, and the compiled run's graph breaks. A side that failed leaves the ratios
+    blank and names its error."""
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        pairs.setdefault((r["model"], r["seq_len"]), {})[r["compile"]] = r
+    out = []
+    for (model, seq_len), both in pairs.items():
+        off, on = both.get("off"), both.get("on")
+        if off is None or on is None:
+            continue
+        row = {"model": model, "seq_len": seq_len, "error": "; ".join(
+            f"{side}: {r['error']}" for side, r in (("eager", off), ("compiled", on)) if r["error"])}
+        if not row["error"]:
+            row.update(train_tok_s_off=off["train_tok_s"], train_tok_s_on=on["train_tok_s"],
+                       train_speedup=f"{float(on['train_tok_s']) / float(off['train_tok_s']):.2f}",
+                       infer_tok_s_off=off["infer_tok_s"], infer_tok_s_on=on["infer_tok_s"],
+                       infer_speedup=f"{float(on['infer_tok_s']) / float(off['infer_tok_s']):.2f}",
+                       first_train_s_off=off["first_train_s"], first_train_s_on=on["first_train_s"],
+                       model_mem_mb_off=off["model_mem_mb"], model_mem_mb_on=on["model_mem_mb"],
+                       graph_breaks=on["graph_breaks"])
+        out.append(row)
+    return out
 
 
 def _write_csv(path: Path, columns, rows) -> None:
@@ -440,9 +519,17 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def main(models, preset="tiny", seq_lens=(256, 1024, 4096), batch_size=1, warmup=2, repeats=5, device="auto",
          switches=(), switch_steps=20, data_file=None, output_dir="results/bench", log=print, model_args=None,
-         in_process=False) -> tuple[Path, ...]:
+         in_process=False, compile_mode="off") -> tuple[Path, ...]:
     if warmup < 0 or repeats < 1 or batch_size < 1 or min(seq_lens) < 1:
         raise HarnessError("--warmup must be >= 0, --repeats, --batch-size and --seq-lens >= 1")
+    if compile_mode not in COMPILE_MODES:
+        raise HarnessError(f"--compile takes off, on or both, got {compile_mode!r}")
+    if compile_mode != "off" and warmup < 1:
+        raise HarnessError("--compile on/both needs --warmup >= 1: compilation happens in the first steps, which "
+                           "must not be timed")
+    if "compile" in switches:
+        raise HarnessError("compile is not a --switches entry: measure it with --compile both (eager and compiled "
+                           "steps timed after a warm-up that includes compilation)")
     names = MODELS.names() if models in (["all"], "all") else [MODELS.resolve(m).name for m in models]
     dev = resolve_device(device)
     out = Path(output_dir)
@@ -452,20 +539,30 @@ def main(models, preset="tiny", seq_lens=(256, 1024, 4096), batch_size=1, warmup
     rows = []
     for name in names:
         for seq_len in seq_lens:
-            row = bench_one(name, preset, seq_len, batch_size, warmup, repeats, dev, peak, model_args, in_process)
-            rows.append(row)
-            if row["error"]:
-                log(f"  {name:<18} T={seq_len:<6} error: {row['error']}")
-            else:
-                log(f"  {name:<18} T={seq_len:<6} train {float(row['train_tok_s']):>10,.0f} tok/s "
-                    f"(±{float(row['train_tok_s_spread']) / 2:,.0f})  infer {float(row['infer_tok_s']):>10,.0f} "
-                    f"tok/s  mem {float(row['peak_mem_mb']):>8,.0f} MB (model {float(row['model_mem_mb']):,.0f})  "
-                    f"MFU train {float(row['train_mfu']):.2%} infer {float(row['infer_mfu']):.2%}")
+            for compiled in COMPILE_MODES[compile_mode]:
+                row = bench_one(name, preset, seq_len, batch_size, warmup, repeats, dev, peak, model_args, in_process,
+                                compiled)
+                rows.append(row)
+                _log_row(row, log)
     csv_path = out / "bench.csv"
     _write_csv(csv_path, COLUMNS, rows)
-    plot_path = plot(rows, out / "bench_tokens_per_s.png")
+    plot_path = plot([r for r in rows if r["compile"] == "off"] or rows, out / "bench_tokens_per_s.png")
     log(f"bench -> {csv_path}\nplot -> {plot_path}")
     paths = (csv_path, plot_path)
+    if compile_mode == "both":
+        table_path = out / "compile.csv"
+        table = compile_table(rows)
+        _write_csv(table_path, COMPILE_COLUMNS, table)
+        log("compiled / eager (median tokens/s after the warm-up):")
+        for r in table:
+            if r["error"]:
+                log(f"  {r['model']:<18} T={r['seq_len']:<6} {r['error']}")
+            else:
+                log(f"  {r['model']:<18} T={r['seq_len']:<6} train {r['train_speedup']}x  infer {r['infer_speedup']}x"
+                    f"  first step {r['first_train_s_on']} s (eager {r['first_train_s_off']} s)  "
+                    f"graph breaks {r['graph_breaks']}")
+        log(f"compile on/off -> {table_path}")
+        paths += (table_path,)
     if switches:
         log("performance switches (off vs on):")
         srows = switch_runs(names, preset, list(switches), switch_steps, device, data_file)

@@ -293,8 +293,11 @@ def regress_command(suite, update, seeds, reference, models, data_file, device, 
 @click.option("--warmup", type=int, default=2, show_default=True, help="untimed steps before measuring")
 @click.option("--repeats", type=int, default=5, show_default=True, help="timed steps (median and spread)")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--compile", "compile_mode", type=click.Choice(["off", "on", "both"]), default="off",
+              show_default=True, help="torch.compile the measured model; both: each row eager and compiled, "
+              "with the on/off ratios in compile.csv")
 @click.option("--switches", default="", help="performance switches to measure on and off: "
-              "compile,prefetch,eval,amp (amp on CUDA only)")
+              "prefetch,eval,amp (amp on CUDA only)")
 @click.option("--switch-steps", type=int, default=20, show_default=True, help="training steps per switch run")
 @click.option("--data-file", type=click.Path(), help="text for the switch runs [default: pg19 from "
               "$HARNESS_DATA_DIR or the cache; harness data fetch pg19]")
@@ -302,8 +305,8 @@ def regress_command(suite, update, seeds, reference, models, data_file, device, 
 @click.option("--model-arg", multiple=True, help="KEY=VALUE model setting override for every model (throughput rows; repeatable)")
 @click.option("--in-process", is_flag=True, help="CPU: measure in this process instead of a fresh child process "
               "per model and length (faster, but memory left by earlier models inflates later rows)")
-def bench_command(models, preset, seq_lens, batch_size, warmup, repeats, device, switches, switch_steps, data_file,
-                  output_dir, model_arg, in_process):
+def bench_command(models, preset, seq_lens, batch_size, warmup, repeats, device, compile_mode, switches,
+                  switch_steps, data_file, output_dir, model_arg, in_process):
     """Training and inference tokens/s, peak memory and MFU per model and sequence length; CSV + plot."""
     from harness.bench import main as bench_main
 
@@ -315,7 +318,7 @@ def bench_command(models, preset, seq_lens, batch_size, warmup, repeats, device,
                warmup=warmup, repeats=repeats, device=device,
                switches=[x for x in switches.split(",") if x.strip()], switch_steps=switch_steps,
                data_file=data_file, output_dir=output_dir, model_args=_key_values(model_arg, "--model-arg"),
-               in_process=in_process)
+               in_process=in_process, compile_mode=compile_mode)
 
 
 def _sweep_options(f):

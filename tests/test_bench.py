@@ -121,3 +121,33 @@ def test_prefetch_does_not_change_training(tmp_path, small_text):
     b, _ = run(RunConfig(**kw, prefetch=3, output_path=str(tmp_path / "b")))
     assert a["training"]["curve"] == b["training"]["curve"] and a["metrics"] == b["metrics"]
     assert a["run_id"] == b["run_id"]
+
+
+def test_compile_both_measures_eager_and_compiled_after_the_warmup(tmp_path):
+    """`--compile both`: one eager and one compiled row per (model, length), each in its own child process; the
+    compiled first step (compilation) is recorded apart from the timed steps; compile.csv pairs them."""
+    result = CliRunner().invoke(cli, ["bench", "--models", "transformer-pp", "--seq-lens", "16", "--warmup", "1",
+                                      "--repeats", "1", "--device", "cpu", "--model-arg", "depth=1",
+                                      "--compile", "both", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "bench.csv") as f:
+        eager, compiled = list(csv.DictReader(f))
+    assert (eager["compile"], compiled["compile"]) == ("off", "on") and not eager["error"] and not compiled["error"]
+    assert eager["pid"] != compiled["pid"] and eager["graph_breaks"] == "" and int(compiled["graph_breaks"]) >= 0
+    # compilation happens in the first (untimed) step: it takes far longer than a timed step of the compiled model
+    assert float(compiled["first_train_s"]) > 5 * 16 / float(compiled["train_tok_s"])
+    with open(tmp_path / "compile.csv") as f:
+        (pair,) = list(csv.DictReader(f))
+    assert pair["model"] == "transformer-pp" and not pair["error"]
+    ratio = float(compiled["train_tok_s"]) / float(eager["train_tok_s"])
+    assert float(pair["train_speedup"]) == pytest.approx(ratio, abs=0.006)
+    assert "compiled / eager" in result.output and "compile on/off ->" in result.output
+
+
+def test_compile_needs_a_warmup_and_is_not_a_switch(tmp_path):
+    for args, message in ((["--compile", "on", "--warmup", "0"], "needs --warmup >= 1"),
+                          (["--switches", "compile"], "measure it with --compile both")):
+        result = CliRunner().invoke(cli, ["bench", "--models", "transformer-pp", "--seq-lens", "16", "--device",
+                                          "cpu", "--output-dir", str(tmp_path), *args])
+        assert result.exit_code != 0 and message in str(result.exception)  # harness.cli.main prints it in one line
+        assert not (tmp_path / "bench.csv").exists()

@@ -174,20 +174,26 @@ def test_decay_momentum_coefficients_match_autograd(shape):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * b.abs().max().item())
 
 
-def test_a_compiled_titans_memory_layer_matches_eager():
-    # torch.compile cannot trace the fused op's hand-written backward; the op is excluded from compilation
-    # (torch.compiler.disable), so `--compile` works for the Titans models and gives eager's numbers
+@pytest.mark.parametrize("retention", ["decay", "kl"])
+def test_a_compiled_titans_memory_layer_matches_eager(retention):
+    # decay (Titans): torch.compile cannot trace the fused op's hand-written backward; the op is excluded from
+    # compilation (torch.compiler.disable). kl (MIRAS-Memora, the unfused path): the chunk loop runs in Python
+    # around one compiled chunk step (run_chunks_compiled). Either way `--compile` gives eager's numbers, and the
+    # cap's counters (buffers added to in place: no recompilation per step) count the same.
     from models.titans.memory import NeuralMemory
 
     torch.manual_seed(0)
-    layer = NeuralMemory(dim=32, n_heads=2, chunk_size=8, grad_clip=2.0)
-    x = torch.randn(2, 20, 32, generator=torch.Generator().manual_seed(1))
+    layer = NeuralMemory(dim=32, n_heads=2, chunk_size=8, grad_clip=0.5, retention=retention)
+    T = 20 if retention == "decay" else 16  # kl: two whole chunks, the compiled chunk step (compiling is slow)
+    x = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(1))
     results = []
     for fn in (layer, torch.compile(layer)):
         layer.zero_grad()
+        layer.reset_cap_counts()
         y, _ = fn(x)
         y.square().mean().backward()
-        results.append((y.detach(), [p.grad.clone() for p in layer.parameters()]))
+        results.append((y.detach(), [p.grad.clone() for p in layer.parameters()], layer.cap_counts()))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
-    for compiled, eager in zip(results[1][1], results[0][1]):
-        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-6)
+    for compiled, eager in zip(results[1][1], results[0][1]):  # within 1e-3 of each gradient's norm (float32;
+        assert (compiled - eager).norm() <= 1e-3 * eager.norm()  # inductor reorders sums: 3e-4 seen for kl)
+    assert results[1][2] == results[0][2] and results[0][2][1] == 2 * 2 * T * 2  # rows x heads x tokens x layers

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.gated_deltanet.ops import chunk_gated_delta_rule
+from baselines.gated_deltanet.ops import chunk_gated_delta_rule, library_chunk_gated_delta_rule
 from models.common import CausalDepthwiseConv, RMSNorm
 
 
@@ -29,6 +29,7 @@ class GatedDeltaNet(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, expand_v: int = 2, conv_size: int = 4,
                  chunk_size: int = 64, norm_eps: float = 1e-6):
         super().__init__()
+        library_chunk_gated_delta_rule()  # looked up now: inside a torch.compile'd forward the lookup breaks the graph
         self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, head_dim, head_dim * expand_v
         self.key_dim, self.value_dim = num_heads * head_dim, num_heads * head_dim * expand_v
         self.chunk_size = chunk_size

@@ -165,5 +165,11 @@ class CausalDepthwiseConv(nn.Module):
         # taps as contiguous [K, C] rows: a strided per-channel factor (the weight's [C, K] columns) takes the
         # elementwise kernels off their vectorised path, several times slower on the CPU
         w = self.conv.weight[:, 0, :].t().contiguous()
-        y = _CausalTaps.apply(x, state, w, self.conv.bias)
+        if torch.compiler.is_compiling():
+            # under torch.compile the same sum as traced ops, which inductor fuses into one loop; dynamo cannot
+            # trace _CausalTaps (its out= writes into slices) and would break the graph at every conv
+            p = torch.cat([state, x], dim=1)
+            y = self.conv.bias + sum(w[j] * p[:, j:j + T] for j in range(self.kernel_size))
+        else:
+            y = _CausalTaps.apply(x, state, w, self.conv.bias)
         return y, x[:, T - k:] if T >= k else torch.cat([state[:, T:], x], dim=1)

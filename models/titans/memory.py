@@ -42,7 +42,10 @@ class NeuralMemory(nn.Module):
         self.momentum, self.decay, self.theta_max, self.grad_clip = momentum, decay, theta_max, grad_clip
         self.bias = make_bias(bias, bias_p, huber)
         self.net = make_net(net)
-        self._cap_stats = {"capped": None, "total": 0}  # see cap_counts
+        # the cap's counters (see cap_counts): buffers that follow the model's device, kept out of checkpoints,
+        # and added to in place, so a compiled model sees the same tensors every step and never recompiles
+        self.register_buffer("cap_capped", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("cap_total", torch.zeros((), dtype=torch.long), persistent=False)
         self.retention = make_retention(retention, retention_q, scale=math.sqrt(head_dim))
         inner = n_heads * head_dim
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
@@ -118,7 +121,8 @@ class NeuralMemory(nn.Module):
             y, mem = memory_naive(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias,
                                   self.retention, bias_param, grad_clip=self.grad_clip, net=self.net)
         else:
-            stats = self._cap_stats if (self.training and self.grad_clip is not None) else None
+            counting = self.training and self.grad_clip is not None
+            stats = {"capped": self.cap_capped, "total": self.cap_total} if counting else None
             y, mem = memory_parallel(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias,
                                      self.retention, bias_param, grad_clip=self.grad_clip, net=self.net,
                                      stats=stats)
@@ -137,9 +141,9 @@ class NeuralMemory(nn.Module):
     def cap_counts(self) -> tuple[int, int]:
         """(capped, counted): the (batch row, head, token, layer) inner gradients that `grad_clip` scaled down,
         and all that it checked, over every training-mode forward since the layer was built (or `reset_cap_counts`).
-        Reading it syncs the device once."""
-        capped = self._cap_stats["capped"]
-        return (0 if capped is None else int(capped.item())), self._cap_stats["total"]
+        Reading it syncs the device."""
+        return int(self.cap_capped.item()), int(self.cap_total.item())
 
     def reset_cap_counts(self):
-        self._cap_stats = {"capped": None, "total": 0}
+        self.cap_capped.zero_()
+        self.cap_total.zero_()

@@ -136,14 +136,20 @@ def _residual_ln_with_grads(k, v, weights, bias, bias_param, z_first, eps):
 
 
 def count_capped(stats, norms, max_norm):
-    """Adds how many of the per-token gradient norms (a list of tensors) exceed the cap to stats["capped"] (a
-    tensor, never read here: no device sync) and how many were checked to stats["total"]."""
+    """Adds how many of the per-token gradient norms (a list of tensors) exceed the cap to stats["capped"] and
+    how many were checked to stats["total"]: 0-d integer tensors, added to in place and never read here (no
+    device sync, and no Python number that changes every step, on which torch.compile would guard and recompile
+    the layer at every step); a None entry becomes a fresh count."""
     if stats is None or not norms:
         return
     with torch.no_grad():
-        hits = torch.cat([n.reshape(-1) for n in norms]).gt(max_norm).sum()
-    stats["capped"] = hits if stats.get("capped") is None else stats["capped"] + hits
-    stats["total"] = stats.get("total", 0) + sum(n.numel() for n in norms)
+        flat = torch.cat([n.reshape(-1) for n in norms])
+        hits, checked = flat.gt(max_norm).sum(), flat.new_full((), flat.numel(), dtype=torch.long)
+        for key, count in (("capped", hits), ("total", checked)):
+            if stats.get(key) is None:
+                stats[key] = count
+            else:
+                stats[key].add_(count)
 
 
 def clip_token_grads(acts, deltas, max_norm, stats=None):
