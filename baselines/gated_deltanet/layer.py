@@ -29,7 +29,7 @@ class GatedDeltaNet(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, expand_v: int = 2, conv_size: int = 4,
                  chunk_size: int = 64, norm_eps: float = 1e-6):
         super().__init__()
-        library_chunk_gated_delta_rule()  # looked up now: inside a torch.compile'd forward the lookup breaks the graph
+        library_chunk_gated_delta_rule()  # looked up now: inside a compiled forward it breaks the graph
         self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, head_dim, head_dim * expand_v
         self.key_dim, self.value_dim = num_heads * head_dim, num_heads * head_dim * expand_v
         self.chunk_size = chunk_size
