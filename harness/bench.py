@@ -37,7 +37,9 @@ prints the on/off ratios. Compilation happens in the first warm-up steps (the tr
 at the first training step; the no-grad graph at the first inference step), so the timed steps after the
 warm-up are steady-state steps. `first_train_s` / `first_infer_s` are the first training / inference step's time
 (compilation included when compiled), and `graph_breaks` is dynamo's graph-break count over the row (blank when
-eager). A compiled row needs --warmup >= 1.
+eager). On the CPU each compiled row's child gets an empty inductor cache of its own (`compile_cache` = empty), so
+the first step's time is a cold compilation whatever earlier runs cached; in-process or on CUDA the process's
+cache is used (`shared`). A compiled row needs --warmup >= 1.
 
 Performance switches (`--switches prefetch,eval,amp`): each runs the real training loop (runner.run,
 task `bytes` on --data-file, else the catalog's pg19 from $HARNESS_DATA_DIR or the cache, --switch-steps steps
@@ -59,6 +61,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -73,8 +76,8 @@ from harness.runner import resolve_device
 
 COLUMNS = ["model", "preset", "device", "seq_len", "batch_size", "params", "flops_params", "train_tok_s",
            "train_tok_s_spread", "infer_tok_s", "infer_tok_s_spread", "peak_mem_mb", "model_mem_mb", "mem_method",
-           "train_mfu", "infer_mfu", "peak_flops", "flops_formula", "repeats", "compile", "first_train_s",
-           "first_infer_s", "graph_breaks", "pid", "error"]
+           "train_mfu", "infer_mfu", "peak_flops", "flops_formula", "repeats", "compile", "compile_cache",
+           "first_train_s", "first_infer_s", "graph_breaks", "pid", "error"]
 SWITCH_COLUMNS = ["model", "preset", "device", "switch", "state", "steps", "train_tok_s", "wall_tok_s"]
 SWITCHES = ("prefetch", "eval", "amp")
 COMPILE_COLUMNS = ["model", "seq_len", "train_tok_s_off", "train_tok_s_on", "train_speedup", "infer_tok_s_off",
@@ -221,7 +224,7 @@ def _warm_libraries() -> None:
 def _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops, compiled=False) -> dict:
     return {"model": name, "preset": preset, "device": str(device), "seq_len": seq_len, "batch_size": batch_size,
             "peak_flops": f"{peak_flops:.4g}", "repeats": repeats, "compile": "on" if compiled else "off",
-            "pid": os.getpid(), "error": ""}
+            "compile_cache": "shared" if compiled else "", "pid": os.getpid(), "error": ""}
 
 
 def _graph_breaks() -> int:
@@ -341,14 +344,15 @@ def _child_main(result_fd: int) -> None:
         f.write(data)
 
 
-def call_in_child(fn, *args, **kwargs):
+def call_in_child(fn, *args, child_env: dict | None = None, **kwargs):
     """fn(*args, **kwargs) in a fresh Python process (`python -c`, this interpreter and sys.path, stdout and
-    stderr shared) with this process's torch thread count. Returns its result or re-raises its exception here;
-    raises ChildDied when the child ends without answering. fn must be importable by name (module level)."""
+    stderr shared) with this process's torch thread count and environment (plus child_env). Returns its result
+    or re-raises its exception here; raises ChildDied when the child ends without answering. fn must be
+    importable by name (module level)."""
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, str(write_fd)], stdin=subprocess.PIPE,
-                                pass_fds=(write_fd,))
+                                pass_fds=(write_fd,), env={**os.environ, **(child_env or {})})
     finally:
         os.close(write_fd)  # only the child holds the writing end now: the read below ends when it exits
     try:
@@ -388,8 +392,17 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
         return _measure(name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops, model_args,
                         compiled=compiled)
     try:
-        return call_in_child(_measure, name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops,
-                             model_args, in_child=True, compiled=compiled)
+        if not compiled:
+            return call_in_child(_measure, name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops,
+                                 model_args, in_child=True)
+        # an empty inductor cache of its own: the first step pays the whole compilation, as on a fresh machine,
+        # whatever earlier runs left in the shared cache
+        with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:
+            row = call_in_child(_measure, name, preset, seq_len, batch_size, warmup, repeats, device, peak_flops,
+                                model_args, in_child=True, compiled=True,
+                                child_env={"TORCHINDUCTOR_CACHE_DIR": cache})
+            row["compile_cache"] = "empty"
+            return row
     except ChildDied as exc:
         row = _base_row(name, preset, seq_len, batch_size, repeats, device, peak_flops, compiled)
         row.update(pid="", error=str(exc)[:200])
@@ -397,8 +410,6 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
 
 
 def switch_runs(models, preset, switches, steps, device_name, data_file) -> list[dict]:
-    import tempfile
-
     from harness.data_catalog import default_text
     from harness.runner import RunConfig, run
 

@@ -134,6 +134,7 @@ def test_compile_both_measures_eager_and_compiled_after_the_warmup(tmp_path):
         eager, compiled = list(csv.DictReader(f))
     assert (eager["compile"], compiled["compile"]) == ("off", "on") and not eager["error"] and not compiled["error"]
     assert eager["pid"] != compiled["pid"] and eager["graph_breaks"] == "" and int(compiled["graph_breaks"]) >= 0
+    assert (eager["compile_cache"], compiled["compile_cache"]) == ("", "empty")  # a cold compilation, timed
     # compilation happens in the first (untimed) step: it takes far longer than a timed step of the compiled model
     assert float(compiled["first_train_s"]) > 5 * 16 / float(compiled["train_tok_s"])
     with open(tmp_path / "compile.csv") as f:
