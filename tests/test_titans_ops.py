@@ -148,3 +148,33 @@ def test_bad_objective_names_are_one_line_errors():
         make_bias("l7")
     with pytest.raises(HarnessError, match="accepted"):
         make_retention("forget")
+
+
+@pytest.mark.parametrize("retention", ["lq", "kl"])
+def test_non_linear_retention_recomputes_chunks_in_backward(monkeypatch, retention):
+    """Moneta's and Memora's chunks keep only their inputs for backward and run again there: the same numbers
+    as keeping every intermediate (float64, 1e-12), and the cap's counters count each token once."""
+    from models.titans import ops
+
+    x, weights = _inputs(2, True, True)
+    leaves = [t.requires_grad_(True) for t in list(x.values()) + weights if t is not None]
+    bias, keep = make_bias("l2"), make_retention(retention, scale=2.0)
+    calls, results = [], []
+    checkpoint = ops.checkpoint
+    for recompute in (True, False):
+        monkeypatch.setattr(ops, "checkpoint", (lambda fn, *a, **kw: calls.append(1) or checkpoint(fn, *a, **kw))
+                            if recompute else (lambda fn, *a, **kw: fn(*a)))
+        stats = {"capped": None, "total": None}
+        state = {"A": weights, "S": [torch.zeros_like(w) for w in weights], "G": weights, "pos": 0}
+        y, end = memory_parallel(x["q"], x["k"], x["v"], x["theta"], x["log_keep"], x["log_eta"], state, 4, bias,
+                                 keep, grad_clip=0.5, stats=stats)
+        grads = torch.autograd.grad((y * y).sum() + end["A"][-1].sum(), leaves, allow_unused=True)
+        results.append((y, grads, int(stats["capped"]), int(stats["total"])))
+    assert len(calls) == 3  # T = 13 in chunks of 4: three whole chunks recomputed, the last 1 token not
+    (y1, g1, c1, n1), (y2, g2, c2, n2) = results
+    torch.testing.assert_close(y1, y2, rtol=0, atol=1e-12)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert (c1, n1) == (c2, n2) and 0 < c1 <= n1 == B * H * T * 2  # rows x heads x tokens x layers: once each

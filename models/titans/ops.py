@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from harness.errors import HarnessError
 from models.titans.fused_run import fused_chunk_run
@@ -275,20 +276,44 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
 
 
 def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip, net=None, stats=None,
-               chunk_fn=None):
+               chunk_fn=None, recompute=None):
     """Whole chunks laid out chunk-major ([nc, B*H, n, ...], coefficients with their factors), each through
     `_chunk_parallel` (or chunk_fn, its compiled form) under autograd: the unfused path, and the fused op's route
-    to higher-order gradients. Returns the per-chunk outputs, the end states and the last chunk's start states."""
+    to higher-order gradients. Returns the per-chunk outputs, the end states and the last chunk's start states.
+
+    recompute (default: when autograd records and the retention is not linear): each chunk keeps only its inputs
+    for backward and is run again there (torch.utils.checkpoint). A non-linear retention (Moneta's l_q, Memora's
+    softmax) materialises every token's weights, [B*H, n, d, d'] per layer, and storing them for every chunk took
+    ~19 GB for one 512-token sequence of MIRAS `small`; recomputed, one chunk's worth is alive at a time. The
+    result is the same computation (tested equal); the cap's counters count the first run only."""
     chunk_fn = chunk_fn or _chunk_parallel
+    if recompute is None:
+        recompute = torch.is_grad_enabled() and not retention.linear
     per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
     cols = [x.unbind(0) if x is not None else [None] * len(v) for x in (q, k, v, bias_param)]
     ys, G = [], A
     for j in range(len(v)):
         G = A  # every chunk of the run starts at a chunk boundary
-        y, A, S = chunk_fn(*(c[j] for c in cols[:3]), {key: val[j] for key, val in per_chunk.items()},
-                           cols[3][j], A, S, G, bias, retention, grad_clip, net, stats)
+        inputs = (*(c[j] for c in cols[:3]), {key: val[j] for key, val in per_chunk.items()}, cols[3][j], A, S, G)
+        if recompute:
+            y, A, S = checkpoint(_CountedOnce(chunk_fn, bias, retention, grad_clip, net, stats), *inputs,
+                                 use_reentrant=False)
+        else:
+            y, A, S = chunk_fn(*inputs, bias, retention, grad_clip, net, stats)
         ys.append(y)
     return ys, A, S, G
+
+
+class _CountedOnce:
+    """chunk_fn(*inputs, bias, retention, grad_clip, net, stats) for torch.utils.checkpoint: the recomputation
+    in backward passes no stats, so the cap's capped gradients are counted once."""
+
+    def __init__(self, chunk_fn, bias, retention, grad_clip, net, stats):
+        self.fn, self.rest, self.stats = chunk_fn, (bias, retention, grad_clip, net), stats
+
+    def __call__(self, *inputs):
+        stats, self.stats = self.stats, None
+        return self.fn(*inputs, *self.rest, stats)
 
 
 @functools.cache
