@@ -178,3 +178,24 @@ def test_non_linear_retention_recomputes_chunks_in_backward(monkeypatch, retenti
         if a is not None:
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert (c1, n1) == (c2, n2) and 0 < c1 <= n1 == B * H * T * 2  # rows x heads x tokens x layers: once each
+
+
+def test_the_recompute_setting_reaches_every_memory_layer(monkeypatch):
+    from harness.adapter import build_model
+    from models.titans import ops
+
+    calls = []
+    checkpoint = ops.checkpoint
+    monkeypatch.setattr(ops, "checkpoint", lambda fn, *a, **kw: calls.append(1) or checkpoint(fn, *a, **kw))
+    ids = torch.randint(0, 256, (1, 33))
+    small = {"dim": 32, "heads": 2, "depth": 2, "ff_hidden": 64, "chunk_size": 8}
+    losses = []
+    for recompute, expect in ((None, True), (False, False)):
+        torch.manual_seed(0)
+        model = build_model("miras-memora", "tiny", 256, {**small, "recompute": recompute})
+        del calls[:]
+        logits, _ = model(ids)
+        logits.square().mean().backward()
+        assert bool(calls) == expect, recompute
+        losses.append(logits.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)  # same numbers either way

@@ -35,11 +35,12 @@ class NeuralMemory(nn.Module):
                  chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
                  bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
                  theta_max: float = 0.01, grad_clip: float | None = None, net: str = "mlp",
-                 huber: str = "norm"):
+                 huber: str = "norm", recompute: bool | None = None):
         super().__init__()
         head_dim = head_dim or dim // n_heads
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
         self.momentum, self.decay, self.theta_max, self.grad_clip = momentum, decay, theta_max, grad_clip
+        self.recompute = recompute  # see ops.run_chunks
         self.bias = make_bias(bias, bias_p, huber)
         self.net = make_net(net)
         # the cap's counters (see cap_counts): buffers that follow the model's device, kept out of checkpoints,
@@ -125,7 +126,7 @@ class NeuralMemory(nn.Module):
             stats = {"capped": self.cap_capped, "total": self.cap_total} if counting else None
             y, mem = memory_parallel(q, k, v, theta, log_keep, log_eta, state, self.chunk_size, self.bias,
                                      self.retention, bias_param, grad_clip=self.grad_clip, net=self.net,
-                                     stats=stats)
+                                     stats=stats, recompute=self.recompute)
         mem["conv"] = conv_state
         return self._output(y), mem
 

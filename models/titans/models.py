@@ -60,6 +60,10 @@ class TitansConfig:
     # (titans-mac at lr 3e-3 on BABILong: 0.5 -> 1e23 in one step); 2.0 is above the 99th percentile at init
     # (not in the papers: TitansLM.memory_stats reports the fraction of gradients it capped in training)
     inner_grad_clip: float | None = 2.0
+    # recompute each chunk of the unfused memory path in backward instead of storing its intermediates (ops.py,
+    # run_chunks): None = where the retention is non-linear (Moneta, Memora: per-token weights; Memora small, one
+    # 512-token sequence: 19 GB peak RSS without, 9.8 GB with, ~25 % slower); true / false forces it on or off
+    recompute: bool | None = None
     window: int = 64  # sliding-window attention width (mag, mal)
     segment: int = 32  # MAC segment length
     # what MAC's memory writes and reads: "attn_out" = the attention output y_t (Titans eqs. 24-25: M_t written
@@ -75,7 +79,7 @@ def _memory_kwargs(cfg: TitansConfig) -> dict:
                 conv_size=cfg.conv_size, momentum=cfg.momentum, decay=cfg.decay, bias=cfg.bias,
                 bias_p=cfg.bias_p,
                 retention=cfg.retention, retention_q=cfg.retention_q, theta_max=cfg.theta_max,
-                grad_clip=cfg.inner_grad_clip, net=cfg.memory_net, huber=cfg.huber)
+                grad_clip=cfg.inner_grad_clip, net=cfg.memory_net, huber=cfg.huber, recompute=cfg.recompute)
 
 
 class LMMBlock(nn.Module):
