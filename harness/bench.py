@@ -48,7 +48,7 @@ tokens/s to <output-dir>/switches.csv: each setting runs S and 2S steps and repo
 time, which cancels one-off costs (model build, data loading); "train" is training-loop time (batch waits
 included, evaluation excluded), "wall" includes periodic evaluation. prefetch = background batch prefetch (depth
 2 vs 0); eval = validation every 5 steps with 4 batches vs only at the end; amp = bf16 autocast + TF32 (CUDA
-only). Compilation is not a switch: its one-off cost (15-100 s on a CPU) varies from run to run by more than a
+only). Compilation is not a switch: its one-off cost (10-200 s on a CPU) varies from run to run by more than a
 difference of S steps takes, so the S / 2S difference came out <= 0; `--compile both` measures it instead.
 """
 
