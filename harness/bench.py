@@ -409,16 +409,20 @@ def bench_one(name, preset, seq_len, batch_size, warmup, repeats, device, peak_f
         return row
 
 
-def switch_runs(models, preset, switches, steps, device_name, data_file) -> list[dict]:
-    from harness.data_catalog import default_text
-    from harness.runner import RunConfig, run
-
+def check_switches(switches) -> None:
     if "compile" in switches:
         raise HarnessError("compile is not a --switches entry: measure it with --compile both (eager and compiled "
                            "steps timed after a warm-up that includes compilation)")
     unknown = sorted(set(switches) - set(SWITCHES))
     if unknown:
         raise HarnessError(f"unknown switch(es) {', '.join(unknown)}; known: {', '.join(SWITCHES)}")
+
+
+def switch_runs(models, preset, switches, steps, device_name, data_file) -> list[dict]:
+    from harness.data_catalog import default_text
+    from harness.runner import RunConfig, run
+
+    check_switches(switches)
     data = str(default_text(data_file))  # --data-file, else pg19 from $HARNESS_DATA_DIR or the cache
     device = resolve_device(device_name)
     rows = []
@@ -538,9 +542,7 @@ def main(models, preset="tiny", seq_lens=(256, 1024, 4096), batch_size=1, warmup
     if compile_mode != "off" and warmup < 1:
         raise HarnessError("--compile on/both needs --warmup >= 1: compilation happens in the first steps, which "
                            "must not be timed")
-    if "compile" in switches:
-        raise HarnessError("compile is not a --switches entry: measure it with --compile both (eager and compiled "
-                           "steps timed after a warm-up that includes compilation)")
+    check_switches(switches)  # before any row is measured
     names = MODELS.names() if models in (["all"], "all") else [MODELS.resolve(m).name for m in models]
     dev = resolve_device(device)
     out = Path(output_dir)

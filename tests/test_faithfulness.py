@@ -247,7 +247,7 @@ def test_capped_gradients_are_counted(bias, fused):
     v, delta = rand(2, H, T, D), torch.rand(2, H, T, 1, dtype=f64, generator=g) * 3
     W = [rand(2, H, D, 2 * D) / D ** 0.5, rand(2, H, 2 * D, D) / (2 * D) ** 0.5]
     clip, b = 1.0, make_bias(bias)
-    stats = {"capped": None, "total": None}
+    stats = {"capped": torch.zeros((), dtype=torch.long), "total": torch.zeros((), dtype=torch.long)}
     state = {"A": W, "S": [torch.zeros_like(w) for w in W], "G": W, "pos": 0}
     memory_parallel(q, k, v, torch.full((2, H, T), 0.1, dtype=f64), None, torch.zeros(2, H, T, dtype=f64), state,
                     T, b, make_retention("decay"), delta if b.needs_param else None, grad_clip=clip,

@@ -164,7 +164,7 @@ def test_non_linear_retention_recomputes_chunks_in_backward(monkeypatch, retenti
     for recompute in (True, False):
         monkeypatch.setattr(ops, "checkpoint", (lambda fn, *a, **kw: calls.append(1) or checkpoint(fn, *a, **kw))
                             if recompute else (lambda fn, *a, **kw: fn(*a)))
-        stats = {"capped": None, "total": None}
+        stats = {"capped": torch.zeros((), dtype=torch.long), "total": torch.zeros((), dtype=torch.long)}
         state = {"A": weights, "S": [torch.zeros_like(w) for w in weights], "G": weights, "pos": 0}
         y, end = memory_parallel(x["q"], x["k"], x["v"], x["theta"], x["log_keep"], x["log_eta"], state, 4, bias,
                                  keep, grad_clip=0.5, stats=stats)

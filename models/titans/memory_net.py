@@ -139,17 +139,13 @@ def count_capped(stats, norms, max_norm):
     """Adds how many of the per-token gradient norms (a list of tensors) exceed the cap to stats["capped"] and
     how many were checked to stats["total"]: 0-d integer tensors, added to in place and never read here (no
     device sync, and no Python number that changes every step, on which torch.compile would guard and recompile
-    the layer at every step); a None entry becomes a fresh count."""
+    the layer at every step)."""
     if stats is None or not norms:
         return
     with torch.no_grad():
         flat = torch.cat([n.reshape(-1) for n in norms])
-        hits, checked = flat.gt(max_norm).sum(), flat.new_full((), flat.numel(), dtype=torch.long)
-        for key, count in (("capped", hits), ("total", checked)):
-            if stats.get(key) is None:
-                stats[key] = count
-            else:
-                stats[key].add_(count)
+        stats["capped"].add_(flat.gt(max_norm).sum())
+        stats["total"].add_(flat.numel())
 
 
 def clip_token_grads(acts, deltas, max_norm, stats=None):
