@@ -21,7 +21,7 @@ from models.titans.mac import MACBlock
 from models.titans.memory import NeuralMemory
 from models.titans.memory_net import make_net, mlp_apply, mlp_with_grads
 from models.titans.models import TitansConfig, _memory_kwargs
-from models.titans.objectives import make_bias, make_retention
+from models.titans.objectives import LqRetention, make_bias, make_retention
 from models.titans.ops import memory_parallel
 
 B, H, T, D = 1, 2, 12, 4
@@ -146,6 +146,58 @@ def test_moneta_norm_is_exact_and_safe_at_zero():
     assert torch.equal(W, torch.zeros_like(W)) and torch.isfinite(g_A).all()
 
 
+def paper_moneta_chunked(q, k, v, theta, keep, A0, chunk):
+    """MIRAS section 5.4, Moneta's parallel form, one head token by token: inside a chunk every gradient is taken
+    at the chunk-start weights W_0 = A_0 / ||A_0||_4^2 (eq. 28), the state accumulates linearly,
+    A_t = keep_t A_{t-1} - theta_t grad ||e||_3^3 (W_0), and the l_4 normalisation is applied at chunk boundaries
+    only: token t reads with A_t / ||A_0||_4^2, and the next chunk starts from W = A_end / ||A_end||_4^2."""
+    A = [a.clone() for a in A0]
+    ys = []
+    for t in range(q.shape[0]):
+        if t % chunk == 0:
+            W0 = [exact_lq_normalise(a, 4.0) for a in A]
+            norm_sq = [a.abs().pow(4).sum().sqrt() for a in A]  # ||A_0||_4^(q-2), q = 4
+        Wv = [w.detach().requires_grad_(True) for w in W0]
+        e = residual_memory(k[t], Wv) - v[t]
+        grads = torch.autograd.grad(e.abs().pow(3).sum(), Wv)
+        A = [keep[t] * a - theta[t] * g for a, g in zip(A, grads)]
+        ys.append(residual_memory(q[t], [a / n for a, n in zip(A, norm_sq)]))
+    return torch.stack(ys), [exact_lq_normalise(a, 4.0) for a in A]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 12])
+def test_moneta_chunk_boundary_normalisation_matches_the_papers_parallel_form(chunk):
+    """`lq_normalize="chunk"` (the default): reads inside a chunk in dual form, scaled by the chunk-start norm;
+    one call, a stream cut inside a chunk, and the token-by-token walk (ops.memory_naive) all equal the paper's
+    parallel form to 1e-10 in float64. At chunk size > 1 it differs from the per-token form ("token")."""
+    from models.titans.ops import memory_naive
+    x, A0 = _miras_inputs()
+    bias, net = make_bias("lp", 3.0), make_net("residual_ln")
+    retention = make_retention("lq", 4.0, scale=2.0, lq_normalize="chunk")
+    args = lambda lo, hi: (x["q"][:, :, lo:hi], x["k"][:, :, lo:hi], x["v"][:, :, lo:hi], x["theta"][:, :, lo:hi],  # noqa: E731
+                           torch.log(x["keep"][:, :, lo:hi]), None)
+    start = {"A": A0, "S": None, "G": A0, "pos": 0}
+    y, state = memory_parallel(*args(0, T), start, chunk, bias, retention, net=net)
+    y1, mid = memory_parallel(*args(0, 5), start, chunk, bias, retention, net=net)
+    y2, end = memory_parallel(*args(5, T), mid, chunk, bias, retention, net=net)
+    y_naive, _ = memory_naive(*args(0, T), start, chunk, bias, retention, net=net)
+    torch.testing.assert_close(torch.cat([y1, y2], 2), y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y_naive, y, rtol=0, atol=1e-10)
+    for b in range(B):
+        for h in range(H):
+            sl = {key: val[b, h] for key, val in x.items()}
+            ref_y, ref_W = paper_moneta_chunked(sl["q"], sl["k"], sl["v"], sl["theta"], sl["keep"],
+                                                [a[b, h] for a in A0], chunk)
+            torch.testing.assert_close(y[b, h], ref_y, rtol=0, atol=1e-10)
+            for a, w in zip(state["A"], ref_W):
+                torch.testing.assert_close(retention.phi(a[b, h]), w, rtol=0, atol=1e-10)
+    y_token, _ = memory_parallel(*args(0, T), start, chunk, bias, make_retention("lq", 4.0, scale=2.0), net=net)
+    assert (y_token - y).abs().max() > 1e-4  # the two forms differ (at chunk 1 too: a token reads with its own norm)
+    assert retention.materializes is False and make_retention("lq", 4.0).materializes is True
+    with pytest.raises(HarnessError, match="accepted"):
+        make_retention("lq", 4.0, lq_normalize="row")
+
+
 def test_residual_memory_network_and_its_closed_form_gradients():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 6, D, dtype=f64, generator=g)
@@ -167,10 +219,14 @@ def test_residual_memory_network_and_its_closed_form_gradients():
 
 def test_presets_use_each_papers_memory_network():
     for name in ("miras-moneta", "miras-yaad", "miras-memora"):
-        # the paper's residual memory is a switch; the flavors keep the MLP until it is fast (docs/faithfulness.md)
-        assert build_model(name, "tiny", 256).config.memory_net == "mlp", name
-        cfg = build_model(name, "tiny", 256, {"memory_net": "residual_ln", "memory_expansion": "4"}).config
-        assert (cfg.memory_net, cfg.memory_expansion) == ("residual_ln", 4), name
+        # MIRAS section 5.3: x + LN(W1 GELU(W2 x)), expansion 4; Titans' MLP memory stays a switch
+        cfg = build_model(name, "tiny", 256).config
+        assert (cfg.memory_net, cfg.memory_expansion, cfg.momentum) == ("residual_ln", 4, False), name
+        cfg = build_model(name, "tiny", 256, {"memory_net": "mlp", "memory_expansion": "2"}).config
+        assert (cfg.memory_net, cfg.memory_expansion) == ("mlp", 2), name
+    moneta = build_model("miras-moneta", "tiny", 256)
+    assert moneta.config.lq_normalize == "chunk" and moneta.blocks[0].memory.retention.chunk_scaled  # section 5.4
+    assert build_model("miras-moneta", "tiny", 256, {"lq_normalize": "token"}).blocks[0].memory.retention.materializes
     assert build_model("miras-yaad", "tiny", 256).config.huber == "norm"
     for name in ("titans-lmm", "titans-mac"):
         assert build_model(name, "tiny", 256).config.memory_net == "mlp"
@@ -280,15 +336,16 @@ def test_model_reports_the_cap_fraction_from_training_forwards_only():
 
 
 # ------------------------------------------------------------------ 6: chunked MIRAS training vs the exact recurrence
-@pytest.mark.parametrize("name", ["miras-moneta", "miras-yaad", "miras-memora"])
-def test_chunked_miras_against_exact_recurrence(name):
+@pytest.mark.parametrize("name,overrides", [("miras-moneta", {}), ("miras-moneta", {"lq_normalize": "token"}),
+                                            ("miras-yaad", {}), ("miras-memora", {})])
+def test_chunked_miras_against_exact_recurrence(name, overrides):
     """The chunked path takes each token's gradient at the chunk-start weights (and, for Moneta and Memora,
     applies the l_q / softmax map to every token's state); the exact recurrence is chunk size 1. Measured on
     block 0's memory of the tiny preset (float64, its real input: RMSNorm of embedded random bytes), with the
     gates at init and with theta at its maximum; the relative L2 gap of the layer's output is printed (see
     docs/faithfulness.md) and must stay an approximation, not a different layer."""
     torch.manual_seed(0)
-    model = build_model(name, "tiny", 256).double().eval()
+    model = build_model(name, "tiny", 256, overrides).double().eval()
     block = model.blocks[0]
     memory: NeuralMemory = block.memory
     x = block.norm_mem(model.embed(torch.randint(0, 256, (2, 128)))).detach()
@@ -298,13 +355,17 @@ def test_chunked_miras_against_exact_recurrence(name):
             memory.to_gates.bias.data[:memory.n_heads] = 30.0
         with torch.no_grad():
             memory.chunk_size = 1
+            chunked_form = memory.retention  # Moneta: normalised at chunk boundaries; exact: every token
+            if isinstance(chunked_form, LqRetention):
+                memory.retention = LqRetention(chunked_form.q, "token")
             exact, _ = memory(x, reference=True)
+            memory.retention = chunked_form
             for chunk in (16, 64):
                 memory.chunk_size = chunk
                 y, _ = memory(x)
                 rel = ((y - exact).norm() / exact.norm()).item()
                 gaps[chunk, gates] = rel
-                print(f"\n{name} chunk {chunk} gates {gates}: relative gap {rel:.3e}, "
+                print(f"\n{name} {overrides} chunk {chunk} gates {gates}: relative gap {rel:.3e}, "
                       f"max abs {(y - exact).abs().max().item():.3e}")
     assert all(0 < rel < 0.5 for rel in gaps.values()), gaps
 

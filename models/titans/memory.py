@@ -35,7 +35,7 @@ class NeuralMemory(nn.Module):
                  chunk_size: int = 16, conv_size: int = 4, momentum: bool = True, decay: bool = True,
                  bias: str = "l2", bias_p: float = 3.0, retention: str = "decay", retention_q: float = 4.0,
                  theta_max: float = 0.01, grad_clip: float | None = None, net: str = "mlp",
-                 huber: str = "norm", recompute: bool | None = None):
+                 huber: str = "norm", recompute: bool | None = None, lq_normalize: str = "chunk"):
         super().__init__()
         head_dim = head_dim or dim // n_heads
         self.n_heads, self.head_dim, self.chunk_size = n_heads, head_dim, chunk_size
@@ -47,7 +47,7 @@ class NeuralMemory(nn.Module):
         # and added to in place, so a compiled model sees the same tensors every step and never recompiles
         self.register_buffer("cap_capped", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("cap_total", torch.zeros((), dtype=torch.long), persistent=False)
-        self.retention = make_retention(retention, retention_q, scale=math.sqrt(head_dim))
+        self.retention = make_retention(retention, retention_q, scale=math.sqrt(head_dim), lq_normalize=lq_normalize)
         inner = n_heads * head_dim
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = CausalDepthwiseConv(3 * inner, conv_size)

@@ -54,6 +54,11 @@ class TitansConfig:
     huber: str = "norm"
     retention: str = "decay"  # decay (l2) | lq (Moneta) | kl (Memora)
     retention_q: float = 4.0  # q of the l_q retention (Moneta: 4)
+    # where the l_q retention normalises (objectives.LqRetention): "chunk" = at chunk boundaries, reads inside a
+    # chunk scaled by the chunk-start norm (MIRAS section 5.4, Moneta's parallel form); "token" = every token's
+    # state (with chunk_size=1 the exact recurrence; the harness's earlier form, ~2x slower: it materialises
+    # every token's weights)
+    lq_normalize: str = "chunk"
     theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverged at init)
     # cap on the norm of each token's inner gradient per memory layer (titans-pytorch's max_grad_norm); without
     # it the depth-2 memory's inner descent can run away within one sequence once the gates learn a large step
@@ -79,7 +84,8 @@ def _memory_kwargs(cfg: TitansConfig) -> dict:
                 conv_size=cfg.conv_size, momentum=cfg.momentum, decay=cfg.decay, bias=cfg.bias,
                 bias_p=cfg.bias_p,
                 retention=cfg.retention, retention_q=cfg.retention_q, theta_max=cfg.theta_max,
-                grad_clip=cfg.inner_grad_clip, net=cfg.memory_net, huber=cfg.huber, recompute=cfg.recompute)
+                grad_clip=cfg.inner_grad_clip, net=cfg.memory_net, huber=cfg.huber, recompute=cfg.recompute,
+                lq_normalize=cfg.lq_normalize)
 
 
 class LMMBlock(nn.Module):

@@ -24,8 +24,10 @@ A_t = keep_t * A_{t-1} + S_t (S the momentum/surprise, keep_t = 1 - alpha_t); th
   - KLRetention:    phi(A) = c * softmax(A) over the input axis (Memora: W_t = c Softmax(alpha_t log W_{t-1} -
                     eta_t grad)). Softmax is shift-invariant, so taking log W_{t-1} = A_{t-1} - lse(A_{t-1})
                     changes nothing: the logits A follow exactly the linear recurrence above.
-`linear` tells the parallel op whether phi is the identity (then every token's weights are read in dual form,
-never materialised) or not (then the per-token states of a chunk are materialised and phi applied to each).
+`linear` tells the parallel op whether phi is the identity; `materializes` whether a chunk's per-token states
+must be materialised and phi applied to each (l_q with normalize="token", KL). Otherwise reads take the dual
+form and no token's weights are formed (l_q with normalize="chunk" scales them by the chunk-start norm).
+`read_weights(A, G)` is the weights a token reads with, from its state A and its chunk's start state G.
 """
 
 from __future__ import annotations
@@ -113,38 +115,65 @@ class NormHuberBias:
 
 
 class DecayRetention:
-    name, linear = "decay", True
+    name, linear, materializes = "decay", True, False
 
     def phi(self, A):
+        return A
+
+    def read_weights(self, A, G):
         return A
 
 
 class LqRetention:
     """W = A / ||A||_q^(q-2) with the exact norm (sum |A|^q)^(1/q), computed as (sum |A|^q)^((q-2)/q). The one
     guard is where the sum is 0 (A = 0, so W = 0 whatever it is divided by): there it divides by 1, which keeps
-    the value 0 and every gradient finite (the map itself is singular at 0 for q > 2)."""
+    the value 0 and every gradient finite (the map itself is singular at 0 for q > 2).
+
+    normalize: where the map is applied when reading inside a chunk.
+      "chunk" (MIRAS section 5.4, Moneta's parallel form): the l_q normalisation is applied at chunk boundaries
+              only; inside a chunk the weights are the linear state scaled by its chunk-start norm, W_t = A_t /
+              ||G||_q^(q-2) (G the chunk-start state), so reads take the dual form and no token's weights are
+              materialised. The state A itself follows the same linear recurrence in both forms.
+      "token" W_t = A_t / ||A_t||_q^(q-2) for every token (the exact recurrence at chunk size 1; the harness's
+              earlier form, which materialises every token's weights)."""
 
     linear = False
+    NORMALIZE = ("chunk", "token")
 
-    def __init__(self, q: float = 4.0):
+    def __init__(self, q: float = 4.0, normalize: str = "token"):
         if q < 2:
             raise HarnessError(f"l_q retention needs q >= 2, got {q}")
-        self.q, self.name = float(q), f"l{q:g}"
+        if normalize not in self.NORMALIZE:
+            raise HarnessError(f"unknown l_q normalisation {normalize!r}; accepted: {', '.join(self.NORMALIZE)}")
+        self.q, self.normalize, self.name = float(q), normalize, f"l{q:g}"
+        self.chunk_scaled = normalize == "chunk"  # reads inside a chunk: dual form, times the chunk-start scale
+        self.materializes = not self.chunk_scaled
 
-    def phi(self, A):
+    def scale(self, A):
+        """1 / ||A||_q^(q-2) over each matrix (the last two dims), [..., 1, 1]."""
         total = A.abs().pow(self.q).sum(dim=(-2, -1), keepdim=True)
         total = torch.where(total > 0, total, torch.ones_like(total))
-        return A / total.pow((self.q - 2) / self.q)
+        return total.pow(-(self.q - 2) / self.q)
+
+    def phi(self, A):
+        return A * self.scale(A)
+
+    def read_weights(self, A, G):
+        """The weights token t reads with: its state A, normalised by G's norm ("chunk") or its own ("token")."""
+        return A * self.scale(G) if self.chunk_scaled else self.phi(A)
 
 
 class KLRetention:
-    name, linear = "kl", False
+    name, linear, materializes = "kl", False, True
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale  # c: the weights of each output unit sum to c
 
     def phi(self, A):
         return self.scale * torch.softmax(A, dim=-2)
+
+    def read_weights(self, A, G):
+        return self.phi(A)
 
 
 BIASES = {"l2": L2Bias, "lp": LpBias, "huber": NormHuberBias}
@@ -162,11 +191,11 @@ def make_bias(name: str, p: float = 3.0, huber: str = "norm"):
     return LpBias(p) if name == "lp" else BIASES[name]()
 
 
-def make_retention(name: str, q: float = 4.0, scale: float = 1.0):
+def make_retention(name: str, q: float = 4.0, scale: float = 1.0, lq_normalize: str = "token"):
     if name not in RETENTIONS:
         raise HarnessError(f"unknown retention {name!r}; accepted: {', '.join(RETENTIONS)}")
     if name == "lq":
-        return LqRetention(q)
+        return LqRetention(q, lq_normalize)
     if name == "kl":
         return KLRetention(scale)
     return DecayRetention()

@@ -21,7 +21,9 @@ C = D @ Mo and m = D @ (prod_{j<=s} eta_j). All decay products are taken as exp 
 log-sums, so nothing under- or overflows. Reads then need no per-token weights (the "dual form"):
     r A_t = beta_t (r A_0) + m_t (r S_0) - ((C * (r a^T)) @ delta)_t
 layer by layer, with the read activations r of the previous layer. When phi is not the identity (MIRAS l_q and KL
-retention) the chunk's per-token states A_t [n, d_in, d_out] are materialised instead and phi applied to each.
+retention, per token) the chunk's per-token states A_t [n, d_in, d_out] are materialised instead and phi applied
+to each; MIRAS' parallel form of Moneta (l_q normalised at chunk boundaries, objectives.LqRetention) keeps the
+dual form and scales each layer's read by the chunk-start norm.
 
 `_chunk_parallel` is one chunk of this under autograd. A run of whole chunks with the l2 bias and linear retention
 (the Titans presets) goes through `fused_run.py` instead: the same math as one autograd node whose backward is
@@ -182,6 +184,8 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_cl
     if grad_clip is not None:
         deltas = clip_token_grads(acts, deltas, grad_clip, stats)
     C, beta, momentum = coef["C"], coef["beta"], S is not None
+    # l_q normalised at chunk boundaries (MIRAS 5.4): dual-form reads, times the chunk-start scale of each layer
+    scales = [retention.scale(g) for g in G] if getattr(retention, "chunk_scaled", False) else None
     r, new_A, new_S = q, [], []
     last = len(A) - 1
     for l in range(len(A)):
@@ -204,10 +208,12 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_cl
                 z = torch.baddbmm(base, coef["score1"], d)
             else:
                 z = base.baddbmm_(coef["score1"], d)
-        elif retention.linear:  # dual form: no per-token weights
+        elif not retention.materializes:  # dual form: no per-token weights
             rA = torch.bmm(r, A[l])
             base = (beta * rA).addcmul_(coef["m"], torch.bmm(r, S[l])) if momentum else beta * rA
             z = base.baddbmm_(C * torch.bmm(r, a_t), d)
+            if scales is not None:
+                z = z * scales[l]
         else:  # materialise the chunk's per-token states, apply phi to each
             A_t = beta.unsqueeze(-1) * A[l].unsqueeze(1) + torch.einsum("nti,nia,nic->ntac", C, acts[l], d)
             if momentum:
@@ -288,7 +294,7 @@ def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip, net=
     512-token sequence of MIRAS-Memora `small` peaked at 19 GB of RSS (9.8 GB recomputed, ~25 % slower). The
     result is the same computation (tested equal); the cap's counters count the first run only."""
     chunk_fn = chunk_fn or _chunk_parallel
-    recompute = (not retention.linear if recompute is None else recompute) and torch.is_grad_enabled()
+    recompute = (retention.materializes if recompute is None else recompute) and torch.is_grad_enabled()
     per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
     cols = [x.unbind(0) if x is not None else [None] * len(v) for x in (q, k, v, bias_param)]
     ys, G = [], A
@@ -392,5 +398,5 @@ def memory_naive(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, ret
             A = [keep * a + s for a, s in zip(A, S)]
         else:
             A = [keep * a - th * u for a, u in zip(A, grads)]
-        outs.append(mlp_apply(q[:, :, t:t + 1], [retention.phi(a) for a in A], net))
+        outs.append(mlp_apply(q[:, :, t:t + 1], [retention.read_weights(a, g) for a, g in zip(A, G)], net))
     return torch.cat(outs, dim=2), {"A": A, "S": S, "G": G, "pos": pos + q.shape[2]}
