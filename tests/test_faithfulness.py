@@ -174,12 +174,15 @@ def test_moneta_chunk_boundary_normalisation_matches_the_papers_parallel_form(ch
     x, A0 = _miras_inputs()
     bias, net = make_bias("lp", 3.0), make_net("residual_ln")
     retention = make_retention("lq", 4.0, scale=2.0, lq_normalize="chunk")
-    args = lambda lo, hi: (x["q"][:, :, lo:hi], x["k"][:, :, lo:hi], x["v"][:, :, lo:hi], x["theta"][:, :, lo:hi],  # noqa: E731
-                           torch.log(x["keep"][:, :, lo:hi]), None)
+
+    def args(lo, hi):  # the inputs of tokens lo..hi-1
+        return (x["q"][:, :, lo:hi], x["k"][:, :, lo:hi], x["v"][:, :, lo:hi], x["theta"][:, :, lo:hi],
+                torch.log(x["keep"][:, :, lo:hi]), None)
+
     start = {"A": A0, "S": None, "G": A0, "pos": 0}
     y, state = memory_parallel(*args(0, T), start, chunk, bias, retention, net=net)
     y1, mid = memory_parallel(*args(0, 5), start, chunk, bias, retention, net=net)
-    y2, end = memory_parallel(*args(5, T), mid, chunk, bias, retention, net=net)
+    y2, _ = memory_parallel(*args(5, T), mid, chunk, bias, retention, net=net)
     y_naive, _ = memory_naive(*args(0, T), start, chunk, bias, retention, net=net)
     torch.testing.assert_close(torch.cat([y1, y2], 2), y, rtol=0, atol=1e-12)
     torch.testing.assert_close(y_naive, y, rtol=0, atol=1e-10)
