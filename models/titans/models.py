@@ -56,8 +56,8 @@ class TitansConfig:
     retention_q: float = 4.0  # q of the l_q retention (Moneta: 4)
     # where the l_q retention normalises (objectives.LqRetention): "chunk" = at chunk boundaries, reads inside a
     # chunk scaled by the chunk-start norm (MIRAS section 5.4, Moneta's parallel form); "token" = every token's
-    # state (with chunk_size=1 the exact recurrence; the harness's earlier form, ~2x slower: it materialises
-    # every token's weights)
+    # state (with chunk_size=1 the exact recurrence; the harness's earlier form, 7-14x slower per tiny training
+    # step: it materialises every token's weights)
     lq_normalize: str = "chunk"
     theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverged at init)
     # cap on the norm of each token's inner gradient per memory layer (titans-pytorch's max_grad_norm); without
@@ -66,8 +66,8 @@ class TitansConfig:
     # (not in the papers: TitansLM.memory_stats reports the fraction of gradients it capped in training)
     inner_grad_clip: float | None = 2.0
     # recompute each chunk of the unfused memory path in backward instead of storing its intermediates (ops.py,
-    # run_chunks): None = where the retention is non-linear (Moneta, Memora: per-token weights; Memora small, one
-    # 512-token sequence: 19 GB peak RSS without, 9.8 GB with, ~25 % slower); true / false forces it on or off
+    # run_chunks): None = where the retention forms per-token weights (Memora, Moneta's "token" form; Memora
+    # small, one 512-token sequence: 19 GB peak RSS without, 9.8 GB with, ~25 % slower); true / false forces it
     recompute: bool | None = None
     window: int = 64  # sliding-window attention width (mag, mal)
     segment: int = 32  # MAC segment length

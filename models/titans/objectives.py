@@ -26,7 +26,8 @@ A_t = keep_t * A_{t-1} + S_t (S the momentum/surprise, keep_t = 1 - alpha_t); th
                     changes nothing: the logits A follow exactly the linear recurrence above.
 `linear` tells the parallel op whether phi is the identity; `materializes` whether a chunk's per-token states
 must be materialised and phi applied to each (l_q with normalize="token", KL). Otherwise reads take the dual
-form and no token's weights are formed (l_q with normalize="chunk" scales them by the chunk-start norm).
+form and no token's weights are formed; `chunk_scaled` (l_q with normalize="chunk") then scales them by the
+chunk-start norm.
 `read_weights(A, G)` is the weights a token reads with, from its state A and its chunk's start state G.
 """
 
@@ -115,7 +116,7 @@ class NormHuberBias:
 
 
 class DecayRetention:
-    name, linear, materializes = "decay", True, False
+    name, linear, materializes, chunk_scaled = "decay", True, False, False
 
     def phi(self, A):
         return A
@@ -146,8 +147,14 @@ class LqRetention:
         if normalize not in self.NORMALIZE:
             raise HarnessError(f"unknown l_q normalisation {normalize!r}; accepted: {', '.join(self.NORMALIZE)}")
         self.q, self.normalize, self.name = float(q), normalize, f"l{q:g}"
-        self.chunk_scaled = normalize == "chunk"  # reads inside a chunk: dual form, times the chunk-start scale
-        self.materializes = not self.chunk_scaled
+
+    @property
+    def chunk_scaled(self):  # reads inside a chunk: dual form, times the chunk-start scale
+        return self.normalize == "chunk"
+
+    @property
+    def materializes(self):
+        return not self.chunk_scaled
 
     def scale(self, A):
         """1 / ||A||_q^(q-2) over each matrix (the last two dims), [..., 1, 1]."""
@@ -164,7 +171,7 @@ class LqRetention:
 
 
 class KLRetention:
-    name, linear, materializes = "kl", False, True
+    name, linear, materializes, chunk_scaled = "kl", False, True, False
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale  # c: the weights of each output unit sum to c

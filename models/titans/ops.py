@@ -175,7 +175,11 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_cl
     `_coefficients`; A, S: per-layer states [N, d_{l-1}, d_l] before the first token; G: the chunk-start
     states; net: the memory network (memory_net.py, default `mlp`); stats: the cap's counter (`count_capped`)."""
     net = net or MLPNet()
-    weights_g = [retention.phi(g) for g in G]
+    if retention.chunk_scaled:  # l_q normalised at chunk boundaries (MIRAS 5.4): each layer's chunk-start scale
+        scales = [retention.scale(g) for g in G]  # serves the gradients' weights and the dual-form reads
+        weights_g = [g * s for g, s in zip(G, scales)]
+    else:
+        scales, weights_g = None, [retention.phi(g) for g in G]
     n = q.shape[1]
     shared = G is A and retention.linear  # the chunk starts here: k and q both meet A_0 in layer 1
     if shared:
@@ -184,8 +188,6 @@ def _chunk_parallel(q, k, v, coef, bias_param, A, S, G, bias, retention, grad_cl
     if grad_clip is not None:
         deltas = clip_token_grads(acts, deltas, grad_clip, stats)
     C, beta, momentum = coef["C"], coef["beta"], S is not None
-    # l_q normalised at chunk boundaries (MIRAS 5.4): dual-form reads, times the chunk-start scale of each layer
-    scales = [retention.scale(g) for g in G] if getattr(retention, "chunk_scaled", False) else None
     r, new_A, new_S = q, [], []
     last = len(A) - 1
     for l in range(len(A)):
@@ -288,9 +290,9 @@ def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip, net=
     `_chunk_parallel` (or chunk_fn, its compiled form) under autograd: the unfused path, and the fused op's route
     to higher-order gradients. Returns the per-chunk outputs, the end states and the last chunk's start states.
 
-    recompute (None: where the retention is not linear; only while autograd records): each chunk keeps its inputs
-    for backward and is run again there (torch.utils.checkpoint). A non-linear retention (Moneta's l_q, Memora's
-    softmax) materialises every token's weights, [B*H, n, d, d'] per layer; storing them for every chunk, one
+    recompute (None: where the retention materialises every token's weights; only while autograd records): each
+    chunk keeps its inputs for backward and is run again there (torch.utils.checkpoint). Such a retention
+    (Memora's softmax, Moneta's l_q with lq_normalize="token") forms every token's weights, [B*H, n, d, d'] per layer; storing them for every chunk, one
     512-token sequence of MIRAS-Memora `small` peaked at 19 GB of RSS (9.8 GB recomputed, ~25 % slower). The
     result is the same computation (tested equal); the cap's counters count the first run only."""
     chunk_fn = chunk_fn or _chunk_parallel
