@@ -69,6 +69,12 @@ def test_ci_suite_covers_every_registered_model(tmp_path):
     cases, notes = regress.ci_suite(MODELS.names(), str(tmp_path))
     assert {c.model for c in cases if c.task == "bytes"} == set(MODELS.names())
     assert {c.model for c in cases if c.task == "mqar"} == set(MODELS.names())
+    # the models that learn the MQAR cell train long enough to learn it; the others keep the short budget
+    budgets = {c.model: {k: c.run_args[k] for k in ("steps", "lr")} for c in cases if c.task == "mqar"}
+    for model, budget in budgets.items():
+        expected = regress.CI_MQAR_LEARNERS.get(model, regress.CI_MQAR_BUDGET)
+        assert budget == {"steps": expected["steps"], "lr": expected["lr"]}, model
+    assert set(regress.CI_MQAR_LEARNERS) <= set(MODELS.names())
     assert all("model_args" not in c.run_args for c in cases)
     assert all(c.run_args["steps"] == 60 for c in cases if c.task == "bytes")
     assert any("not enwik8" in n for n in notes)
@@ -106,13 +112,14 @@ def test_reference_of_another_configuration_fails(tmp_path, monkeypatch):
     assert regress.compare({("m", "bytes"): {0: record}}, [legacy]).passed
 
 
-# A deliberately broken mechanism under the same name and configuration identity. The memory model is Yaad (the
-# Titans memory with MIRAS's Huber bias): titans-lmm's own CI row cannot fail anything at this budget (its seeds
-# are mid-way through the recall transition, 23-55 %, so the row is marked not informative and skipped).
+# A deliberately broken mechanism under the same name and configuration identity. Transformer++ and titans-lmm
+# learn the CI cell (their rows sit near 100 %), so breaking them must cost the recall; titans-mag sits at the
+# no-recall level, so breaking it must cost the token mixing that copying values needs.
 BROKEN = {
+    # the memory's inner learning rate forced to 0: the memory never learns within the sequence, and the short conv
+    # alone cannot carry a key to its query
+    "titans-lmm": ("models.titans.presets", "build_lmm", {"theta_max": 0.0}),
     # attention sees one token: recall must come through the memory, which cannot learn the cell at this budget
-    # (titans-lmm's own row is not informative). miras-yaad's row, broken by theta_max=0 until its norm Huber
-    # default, is no longer informative either.
     "titans-mag": ("models.titans.presets", "build_mag", {"window": 1}),
     "transformer-pp": ("baselines.transformer_pp", None, {"attn_window": 0}),  # attention sees one token
 }
@@ -153,6 +160,21 @@ def test_the_babilong_row_fails_a_gated_deltanet_without_its_memory(monkeypatch,
                         log=lines.append) == 1
     failed = [line for line in lines if line.startswith("FAILED") and "gated-deltanet babilong acc" in line]
     assert failed and all("diff -" in line for line in failed), lines
+
+
+def test_a_row_inside_a_random_guessers_range_is_not_informative():
+    """A lower bound just above the guess level is not enough: on 1,024 items a random guesser at 3.125 % scores
+    up to 3.125 + 1.96 * 100 * sqrt(0.03125 * 0.96875 / 1024) = 4.19 % 95 % of the time, so a row whose lower
+    bound is 3.6 % could pass a broken model; one at 4.3 % fails it. Fractions are handled like percentages."""
+    def record(n, unit="percent", guess=3.125):
+        return {"task_info": {"guess_level": {"kv4/T32": guess}, "accuracy_unit": unit},
+                "metrics": {"acc": {"value": 0.0, "n": n, "higher_is_better": True}}}
+    assert regress.guess_bound(record(1024), "acc", 3.125) == pytest.approx(4.1905, abs=1e-3)
+    assert regress.informative(record(1024), "acc", 8.3, 4.7).startswith("no: lower bound 3.6 <= 4.19")
+    assert regress.informative(record(1024), "acc", 9.0, 4.7) == "yes"
+    assert regress.informative(record(None), "acc", 8.3, 4.7) == "yes"  # n unknown: the level itself
+    frac = record(1024, unit="fraction", guess=0.03125)
+    assert regress.guess_bound(frac, "acc", 0.03125) == pytest.approx(0.041905, abs=1e-5)
 
 
 def test_rows_that_cannot_fail_a_broken_model_are_marked_and_skipped(tmp_path, monkeypatch):
