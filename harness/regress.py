@@ -9,10 +9,10 @@ The `ci` suite (sized to fit 15 minutes on 2 CPU cores with about a dozen models
   enwik8, and the reference's `data` column names what was used (source and sha256) so that a run on other data
   fails loudly instead of being compared;
 - MQAR recall (task `mqar`, CI_MQAR: 4 key-value pairs in 32 tokens, vocabulary 64) for every model, trained
-  CI_MQAR_BUDGET (150 steps x 32): the rows sit above the random-guess level (1/32), most at the no-recall level
-  (25 %), so a model whose memory or attention breaks fails them. The models that learn the cell at a CI budget
-  (CI_MQAR_LEARNERS: Transformer++ at lr 1e-3, titans-lmm at 3e-3) train 600 steps instead: their rows sit near
-  100 %, so a model that still copies values but stops recalling fails too;
+  CI_MQAR_BUDGET (150 steps x 32): the rows sit above the random-guess level (1/32), most at the no-recall
+  level (25 %), so a model whose memory or attention breaks fails them. The models that learn the cell at a CI
+  budget (CI_MQAR_LEARNERS: Transformer++ at lr 1e-3, titans-lmm at 3e-3) train 600 steps instead: their rows
+  sit near 100 %, so a model that still copies values but stops recalling fails too;
 - BABILong qa1 at 0k (CI_BABILONG, 300 steps x 32) for the models that learn it at that budget
   (CI_BABILONG_MODELS: Gated DeltaNet); the other models' rows would sit near chance and could not fail.
 
@@ -28,10 +28,10 @@ Reference columns: model, task, metric, value, tolerance, seeds, spread, data, c
   only matters where the seeds happen to agree exactly (s = 0): 1e-4 for continuous scores (the size of
   cross-machine float drift for these runs), and one sample's worth (100/n percent) for accuracies.
 
-Rows that cannot fail a broken model are marked so: `informative` is "no: ..." when the row's lower bound (value -
-tolerance) does not clear what guessing at random scores on the row's n items 95 % of the time (the task's
-task_info["guess_level"], e.g. MQAR's 1/values, plus 1.96 binomial standard errors), which is where a model with
-broken mixing lands. `--update` prints them; the check skips such a case with a printed line
+Rows that cannot fail a broken model are marked so: `informative` is "no: ..." when the row's lower bound
+(value - tolerance) does not clear what guessing at random scores on the row's n items 95 % of the time (the
+task's task_info["guess_level"], e.g. MQAR's 1/values, plus 1.96 binomial standard errors), which is where a
+model with broken mixing lands. `--update` prints them; the check skips such a case with a printed line
 instead of running a comparison that cannot fail (a later `--update` re-measures it).
 
 A check with nothing to check against fails: a missing or empty reference, or a suite case (a newly
@@ -85,10 +85,10 @@ class Case:
 
 CI_BUDGET = dict(preset="tiny", steps=60, batch_size=8, seq_len=64, eval_every=0, checkpoint_every=0)
 CI_BYTES_LIMIT = 8192
-# Recall rows that a broken model fails: a small MQAR cell (4 pairs in 32 tokens, vocabulary 64) on a short budget.
-# Models that learn recall in it score above the no-recall level (25 %); the others sit at it, which still needs
-# token mixing: a model whose attention or memory is broken falls to the random-guess level (1/32 values), far
-# outside every row's tolerance (tests/test_regress.py breaks two models on purpose and sees them fail).
+# Recall rows that a broken model fails: a small MQAR cell (4 pairs in 32 tokens, vocabulary 64) on a short
+# budget. Most models sit at the no-recall level (25 %), which still needs token mixing: a model whose attention or
+# memory is broken falls to the random-guess level (1/32 values), far outside the row's tolerance; the learners
+# below sit near 100 % (tests/test_regress.py breaks three models on purpose and sees them fail).
 CI_MQAR = dict(kv_pairs="4", seq_len="32", test_size="256")
 CI_MQAR_BUDGET = dict(preset="tiny", steps=150, batch_size=32, lr=3e-3, eval_every=0, checkpoint_every=0)
 # Learned recall rows: on the same cell these models pass the recall transition within ~400 steps, each at its own
@@ -114,8 +114,10 @@ def ci_suite(models: list[str], data_file: str | None) -> tuple[list[Case], list
     notes.append(f"byte-level cases: task 'bytes' on {data.resolve()} (not enwik8: enwik8 is not available "
                  f"offline)")
     cases = [Case(m, "bytes", dict(CI_BUDGET, limit=CI_BYTES_LIMIT, data_file=str(data))) for m in models]
-    cases += [Case(m, "mqar", dict(CI_MQAR_LEARNERS.get(m, CI_MQAR_BUDGET), task_args=dict(CI_MQAR))) for m in models]
-    learned = ", ".join(f"{m} {b['steps']} steps at lr {b['lr']:g}" for m, b in CI_MQAR_LEARNERS.items() if m in models)
+    cases += [Case(m, "mqar", dict(CI_MQAR_LEARNERS.get(m, CI_MQAR_BUDGET), task_args=dict(CI_MQAR)))
+              for m in models]
+    learned = ", ".join(f"{m} {b['steps']} steps at lr {b['lr']:g}"
+                        for m, b in CI_MQAR_LEARNERS.items() if m in models)
     notes.append(f"mqar cases: {CI_MQAR}, {CI_MQAR_BUDGET['steps']} steps x {CI_MQAR_BUDGET['batch_size']} at lr "
                  f"{CI_MQAR_BUDGET['lr']:g}" + (f"; learned rows: {learned}" if learned else ""))
     learners = [m for m in models if m in CI_BABILONG_MODELS]
@@ -143,10 +145,15 @@ def data_label(record: dict) -> str:
     return f"{record['task']}:{info.get('source', '?')} {args}".strip() + (f" sha256={digest[:16]}" if digest else "")
 
 
+def _accuracy_scale(record: dict, values) -> float:
+    """100 where the record's accuracies are percentages (its task says so, or a value exceeds 1), else 1."""
+    percent = "percent" in str((record.get("task_info") or {}).get("accuracy_unit", "")) or max(values) > 1
+    return 100.0 if percent else 1.0
+
+
 def _floor(metric: dict, record: dict, values: list[float]) -> float:
     if metric.get("higher_is_better") and "acc" in record.get("primary_metric", "") and metric.get("n"):
-        percent = "percent" in str((record.get("task_info") or {}).get("accuracy_unit", "")) or max(values) > 1
-        return (100.0 if percent else 1.0) / metric["n"]
+        return _accuracy_scale(record, values) / metric["n"]
     return CONTINUOUS_FLOOR
 
 
@@ -208,7 +215,7 @@ def guess_bound(record: dict, metric: str, guess: float) -> float:
     n = record["metrics"][metric].get("n")
     if not n:
         return guess
-    unit = 100.0 if "percent" in str((record.get("task_info") or {}).get("accuracy_unit", "")) or guess > 1 else 1.0
+    unit = _accuracy_scale(record, [guess])
     p = min(max(guess / unit, 0.0), 1.0)
     return guess + 1.96 * unit * math.sqrt(p * (1 - p) / n)
 
@@ -223,8 +230,9 @@ def informative(record: dict, metric: str, value: float, tolerance: float) -> st
     bound = guess_bound(record, metric, guess)
     if value - tolerance > bound:
         return "yes"
+    n = record["metrics"][metric].get("n", "?")
     return (f"no: lower bound {value - tolerance:.3g} <= {bound:.3g}, what a random guesser scores (level "
-            f"{guess:.3g}) on {record['metrics'][metric].get('n', '?')} items at 95 %")
+            f"{guess:.3g}) on {n} items at 95 %")
 
 
 def uninformative_cases(reference: list[dict]) -> set[tuple[str, str]]:

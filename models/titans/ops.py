@@ -292,9 +292,10 @@ def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip, net=
 
     recompute (None: where the retention materialises every token's weights; only while autograd records): each
     chunk keeps its inputs for backward and is run again there (torch.utils.checkpoint). Such a retention
-    (Memora's softmax, Moneta's l_q with lq_normalize="token") forms every token's weights, [B*H, n, d, d'] per layer; storing them for every chunk, one
-    512-token sequence of MIRAS-Memora `small` peaked at 19 GB of RSS (9.8 GB recomputed, ~25 % slower). The
-    result is the same computation (tested equal); the cap's counters count the first run only."""
+    (Memora's softmax, Moneta's l_q with lq_normalize="token") forms every token's weights, [B*H, n, d, d'] per
+    layer; storing them for every chunk, one 512-token sequence of MIRAS-Memora `small` peaked at 19 GB of RSS
+    (9.8 GB recomputed, ~25 % slower). The result is the same computation (tested equal); the cap's counters
+    count the first run only."""
     chunk_fn = chunk_fn or _chunk_parallel
     recompute = (retention.materializes if recompute is None else recompute) and torch.is_grad_enabled()
     per_chunk = {key: val.unbind(0) for key, val in coef.items()}  # unbind: backward is one stack
