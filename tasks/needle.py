@@ -32,7 +32,13 @@ from tqdm.auto import tqdm
 
 from harness.errors import DataError, HarnessError
 from tasks.babilong.scoring import binomial_accuracy, mean_of_accuracies
-from tasks.babilong.streaming import can_batch, greedy_continue, greedy_generate, stream_prompts
+from tasks.babilong.streaming import (
+    NonFiniteOutput,
+    can_batch,
+    greedy_continue,
+    greedy_generate,
+    stream_prompts,
+)
 from tasks.base import Metric, Task, int_option, reject_unknown_options
 
 VOCAB, FILLER_TOP, KEY_LOW, VALUE_LOW, NEEDLE, QUERY = 256, 128, 128, 190, 254, 255
@@ -166,7 +172,8 @@ class NeedleTask(Task):
             seg_len = max(seg_len, model.max_context)
         batched = self.eval_batch > 1 and can_batch(model)
         self.last_eval = {"samples_per_length": n, "segment_len": seg_len, "batched": batched,
-                          "model_streaming": model.streaming, "model_window": model.max_context, "notes": []}
+                          "model_streaming": model.streaming, "model_window": model.max_context, "notes": [],
+                          "nonfinite_samples": {}}  # per length: samples whose log-probs were NaN / inf (wrong)
         model.eval()
         metrics, cells = {}, []
         bar = tqdm(total=n * len(self.lengths), desc="needle", unit="sample", disable=not progress)
@@ -185,13 +192,19 @@ class NeedleTask(Task):
                 for lo in range(0, n, self.eval_batch):
                     group = list(range(lo, min(n, lo + self.eval_batch)))
                     for k, first, state in stream_prompts(model, [prompts[i] for i in group], seg_len, device):
-                        outs[group[k]] = greedy_continue(model, first, state, device, self.value_len)
+                        outs[group[k]] = _finite_or_none(greedy_continue, model, first, state, device, self.value_len)
                         bar.update(1)
             else:
                 for i in range(n):
-                    outs[i] = greedy_generate(model, prompts[i].tolist(), seg_len, device, self.value_len)
+                    outs[i] = _finite_or_none(greedy_generate, model, prompts[i].tolist(), seg_len, device,
+                                              self.value_len)
                     bar.update(1)
-            outcomes = [list(out) == answers[i].tolist() for i, out in enumerate(outs)]
+            bad = sum(out is None for out in outs)
+            if bad:
+                self.last_eval["nonfinite_samples"][name] = bad
+                self.last_eval["notes"].append(f"{name}: the model's log-probs were NaN or infinite on {bad} of {n} "
+                                               f"samples (counted wrong)")
+            outcomes = [out is not None and list(out) == answers[i].tolist() for i, out in enumerate(outs)]
             metrics[f"acc/{name}"] = Metric(*binomial_accuracy(outcomes), higher_is_better=True)
             cells.append(metrics[f"acc/{name}"])
         bar.close()
@@ -225,3 +238,11 @@ def _load_books(where) -> tuple[np.ndarray, str]:
 
 def build(**options) -> NeedleTask:
     return NeedleTask(**options)
+
+
+def _finite_or_none(decode, *args):
+    """decode(*args), or None where the model's log-probs were NaN or infinite (no answer: counted wrong)."""
+    try:
+        return decode(*args)
+    except NonFiniteOutput:
+        return None

@@ -172,3 +172,29 @@ def test_named_budgets_at_preset_tiny():
     assert long.budget_defaults("small") == {}  # larger presets keep their own budget
     with pytest.raises(HarnessError, match="budget 'huge' is not one of main, long"):
         BabilongTask(source="generator", tasks="qa1", budget="huge")
+
+
+def test_a_curriculum_trains_its_first_tasks_alone_for_its_first_steps():
+    task = BabilongTask(source="generator", tokenizer="phrases", curriculum="qa1+qa2:3", samples=1)
+    drawn = []
+    example = task._example
+    task._example = lambda name, *args: (drawn.append(name), example(name, *args))[1]
+    for step in range(3):
+        task.train_batch(step, 8, 128, seed=0)
+    assert set(drawn) == {"qa1", "qa2"}
+    drawn.clear()
+    task.train_batch(3, 8, 128, seed=0)
+    assert set(drawn) == set(TASKS)
+    drawn.clear()
+    task.val_batch(0, 8, 128)  # validation rows always hold every task
+    assert set(drawn) == set(TASKS)
+    assert task.describe()["train_curriculum"] == "steps 0-2 on qa1, qa2 only, then every task"
+    plain = BabilongTask(source="generator", tokenizer="phrases", samples=1)
+    assert plain.curriculum is None and plain.describe()["train_curriculum"].startswith("none")
+
+
+@pytest.mark.parametrize("bad, message", [("qa1", "not TASKS:STEPS"), ("qa9:10", "among the trained tasks"),
+                                          ("qa1:0", "curriculum steps"), ("qa1:x", "curriculum steps")])
+def test_curriculum_option_errors(bad, message):
+    with pytest.raises(HarnessError, match=message):
+        BabilongTask(source="generator", tokenizer="phrases", curriculum=bad, samples=1)

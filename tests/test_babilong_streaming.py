@@ -160,10 +160,11 @@ def _streaming_kind(name):
 STATE_MODELS = [name for name in MODELS.names() if _streaming_kind(name) == "state"]
 PROMPT_LENGTHS = (300, 20, 129, 64, 200)  # unsorted, with ends on and off the 64-token grid
 CANDIDATE_LENGTHS = (1, 3, 9, 6)
-# Float32, absolute, on a candidate's log-likelihood. miras-moneta's l_p updates amplify float32 rounding: cutting
-# its stream at other points or changing the batch size alone moves its log-probs by up to ~5e-5 (the model
-# contract allows 1e-4 per logit), so it gets 1e-4 per candidate token; in float64 it agrees to ~1e-13 (below).
-LOGLIK_TOL = {"miras-moneta": lambda n_tokens: 1e-4 * n_tokens}
+# Float32, absolute, on a candidate's log-likelihood. miras-moneta's l_p updates and miras-memora's softmax
+# retention amplify float32 rounding: cutting a stream at other points or changing the batch size alone moves their
+# log-probs by up to ~5e-5 (the model contract allows 1e-4 per logit; memora on one thread: 1.8e-4 on a 6-token
+# candidate), so they get 1e-4 per candidate token; in float64 both agree to rounding (below).
+LOGLIK_TOL = {"miras-moneta": lambda n_tokens: 1e-4 * n_tokens, "miras-memora": lambda n_tokens: 1e-4 * n_tokens}
 
 
 def _random_case(prompt_lengths=PROMPT_LENGTHS):
@@ -190,9 +191,10 @@ def test_batched_scoring_equals_per_sample_for_every_state_model(name):
     _assert_batched_equals_per_sample(model, LOGLIK_TOL.get(name, lambda n_tokens: 1e-4))
 
 
-def test_batched_scoring_of_miras_moneta_in_float64_agrees_to_rounding():
+@pytest.mark.parametrize("name", ["miras-moneta", "miras-memora"])
+def test_batched_scoring_of_miras_in_float64_agrees_to_rounding(name):
     torch.manual_seed(0)
-    model = build_model("miras-moneta", "tiny", vocab_size=256).eval().double()
+    model = build_model(name, "tiny", vocab_size=256).eval().double()
     _assert_batched_equals_per_sample(model, lambda n_tokens: 1e-9, prompt_lengths=(130, 20, 70))
 
 
@@ -315,3 +317,39 @@ def test_a_smaller_pool_than_asked_is_warned_and_recorded(monkeypatch, capsys):
 def test_duplicate_lengths_or_tasks_are_rejected(options, named):
     with pytest.raises(HarnessError, match=f"BABILong {named} .*(twice|more than once)"):
         BabilongTask(source="generator", tokenizer="bytes", **options)
+
+
+class OverflowingLM(RunningMeanLM):
+    """RunningMeanLM whose outputs turn NaN once a stream passes 600 tokens, as a memory state that overflows along a
+    long stream does: short prompts score, long ones have no answer."""
+
+    def forward_with_state(self, input_ids, state):
+        logits, aux, state = super().forward_with_state(input_ids, state)
+        seen = state[1][:, 0] if state[1].dim() == 2 else state[1]
+        return logits.masked_fill((seen > 600).view(-1, 1, 1), float("nan")), aux, state
+
+
+@pytest.mark.parametrize("scoring", ["choice", "generate"])
+@pytest.mark.parametrize("eval_batch", [1, 16])
+def test_nan_outputs_count_wrong_and_are_recorded_per_cell(scoring, eval_batch, capsys):
+    """A NaN score must not pick an answer: with NaN scores every comparison is false, and argmax would silently
+    answer the first label (so a cell's accuracy became that label's share of the targets)."""
+    task = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1,qa4", lengths="0k,1k", samples=4, long_samples=4,
+                        scoring=scoring, eval_batch=eval_batch, max_new_tokens=4)
+    metrics = task.evaluate(OverflowingLM(), device="cpu", seq_len=128, batch_size=1, progress=True)
+    assert task.last_eval["nonfinite_samples"] == {"qa1/1k": 4, "qa4/1k": 4}
+    assert metrics["acc/qa1/1k"].value == metrics["acc/qa4/1k"].value == 0 and metrics["acc/qa1/1k"].n == 4
+    assert any("NaN or infinite on 8 of 8 samples" in note for note in task.eval_notes)
+    assert "NaN or infinite" in capsys.readouterr().err
+    finite = BabilongTask(source="generator", tokenizer="bytes", tasks="qa1", lengths="0k", samples=4)
+    finite.evaluate(OverflowingLM(), device="cpu", seq_len=128, batch_size=1, progress=False)
+    assert finite.last_eval["nonfinite_samples"] == {}
+
+
+def test_argmax_first_refuses_nan_scores():
+    from tasks.babilong.streaming import NonFiniteOutput
+
+    assert argmax_first([-2.0, -1.0, -1.0]) == 1
+    for bad in ([float("nan"), -1.0], [-1.0, float("nan")], [float("-inf"), -1.0]):
+        with pytest.raises(NonFiniteOutput):
+            argmax_first(bad)

@@ -134,3 +134,21 @@ def test_run_through_the_runner(tmp_path):
     assert record["training"]["seq_len"] == 128
     assert set(record["metrics"]) == {"acc", "acc/512", "acc/2k"} and record["metrics"]["acc/2k"]["n"] == 3
     assert record["task_info"]["evaluation"]["batched"] is True
+
+
+class OverflowingLookupModel(LookupModel):
+    """The oracle, with outputs that turn NaN once a stream passes 600 tokens (an overflowing memory state)."""
+
+    def forward_with_state(self, ids, state):
+        logits, aux, new = super().forward_with_state(ids, state)
+        overflowed = torch.tensor([st["pos"] > 600 for st in new]).view(-1, 1, 1)
+        return logits.masked_fill(overflowed, float("nan")), aux, new
+
+
+@pytest.mark.parametrize("eval_batch", [1, 4])
+def test_nan_outputs_count_wrong_and_are_recorded(eval_batch):
+    task = NeedleTask(lengths="256,1k", samples=6, eval_batch=eval_batch)
+    metrics = task.evaluate(OverflowingLookupModel(), device="cpu", seq_len=64, batch_size=4, progress=False)
+    assert metrics["acc/256"].value == 100.0 and metrics["acc/1k"].value == 0.0 and metrics["acc/1k"].n == 6
+    assert task.last_eval["nonfinite_samples"] == {"1k": 6}
+    assert any("NaN or infinite on 6 of 6" in note for note in task.last_eval["notes"])

@@ -58,7 +58,7 @@ def test_fused_backward_matches_finite_differences():
     and input directions d, <d, J^T p> must equal (p . f(x + eps d) - p . f(x - eps d)) / 2 eps (central
     differences in float64, eps = 1e-6: relative tolerance 1e-7)."""
     from models.titans.fused_run import fused_chunk_run
-    from models.titans.ops import _coefficients
+    from models.titans.ops import _coefficients, unfused_l2_run
 
     g = torch.Generator().manual_seed(1)
     nc, N, n, d = 2, 2, 3, 2
@@ -71,7 +71,8 @@ def test_fused_backward_matches_finite_differences():
 
     def fn(q, k, v, theta, log_keep, log_eta, *states):
         coef = _coefficients(theta, log_keep, log_eta, q, k, factors=False)
-        y, new_A, new_S, G = fused_chunk_run(q, k, v, coef, list(states[:2]), list(states[2:]), clip=0.4)
+        y, new_A, new_S, G = fused_chunk_run(q, k, v, coef, list(states[:2]), list(states[2:]), clip=0.4,
+                                               unfused=unfused_l2_run)
         return (y, *new_A, *new_S, *G)
 
     inputs = [q, k, v, theta, log_keep, log_eta, *states]

@@ -50,7 +50,7 @@ class _ChunkRun(torch.autograd.Function):
     """The run of whole chunks (see the module doc); `fused_chunk_run` is its entry point."""
 
     @staticmethod
-    def forward(ctx, n_layers, momentum, clip, keep, stats, q, k, v, C, beta, c_end, beta_end, score1,
+    def forward(ctx, n_layers, momentum, clip, keep, stats, unfused, q, k, v, C, beta, c_end, beta_end, score1,
                 m, m_end, mo_end, e_end, *states):
         ctx.set_materialize_grads(False)
         L, nc, n = n_layers, q.shape[0], q.shape[2]
@@ -123,7 +123,7 @@ class _ChunkRun(torch.autograd.Function):
                                       es=es, deltas=deltas, dcs=dcs, clips=clips, reads=reads))
             G, A, S = A, new_A, (new_S if momentum else None)
         count_capped(stats, norms, clip)  # one count for the whole run, never read here (no device sync)
-        ctx.n_layers, ctx.momentum, ctx.clip, ctx.per_chunk = L, momentum, clip, per_chunk
+        ctx.n_layers, ctx.momentum, ctx.clip, ctx.per_chunk, ctx.unfused = L, momentum, clip, per_chunk, unfused
         ctx.save_for_backward(q, k, v, C, beta, c_end, beta_end, score1, m, m_end, mo_end, e_end, *states)
         # the last chunk's start states are the op's G, returned as copies (an input must not be returned as
         # itself, and an output kept on ctx would make a reference cycle)
@@ -135,18 +135,14 @@ class _ChunkRun(torch.autograd.Function):
         if torch.is_grad_enabled() or ctx.per_chunk is None:
             # create_graph (higher-order gradients), or a second backward (retain_graph) after the first freed the
             # per-chunk tensors: differentiate the unfused path under autograd instead (the same math, slower)
-            return (None, None, None, None, None, *_backward_through_autograd(ctx, gy, g_out))
+            return (None, None, None, None, None, None, *_backward_through_autograd(ctx, gy, g_out))
         per_chunk, ctx.per_chunk = ctx.per_chunk, None
-        return (None, None, None, None, None, *_backward_by_hand(ctx, per_chunk, gy, g_out))
+        return (None, None, None, None, None, None, *_backward_by_hand(ctx, per_chunk, gy, g_out))
 
 
 def _backward_through_autograd(ctx, gy, g_out):
     """The gradients of every tensor input of `_ChunkRun.forward` by autograd through the unfused path, recomputed
-    from the saved inputs (with create_graph, themselves differentiable)."""
-    # imported here: ops imports this module
-    from models.titans.objectives import DecayRetention, L2Bias
-    from models.titans.ops import _add_factors, run_chunks
-
+    from the saved inputs (with create_graph, themselves differentiable) by the caller's `unfused` run."""
     L, momentum = ctx.n_layers, ctx.momentum
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
@@ -158,8 +154,7 @@ def _backward_through_autograd(ctx, gy, g_out):
         coef = dict(C=C, beta=beta, c_end=c_end, beta_end=beta_end, score1=score1)
         if momentum:
             coef.update(m=m, m_end=m_end, mo_end=mo_end, e_end=e_end)
-        ys, A, S, G = run_chunks(q, k, v, None, _add_factors(coef, q, k), states[:L],
-                                 states[L:] if momentum else None, L2Bias(), DecayRetention(), ctx.clip)
+        ys, A, S, G = ctx.unfused(q, k, v, coef, states[:L], states[L:] if momentum else None, ctx.clip)
         outputs = [torch.stack(ys), *A, *(S or ()), *G]
     pairs = [(o, g) for o, g in zip(outputs, (gy, *g_out)) if g is not None]
     wrt = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
@@ -313,12 +308,14 @@ def _backward_by_hand(ctx, per_chunk, gy, g_out):
 
 
 @torch.compiler.disable  # see below
-def fused_chunk_run(q, k, v, coef, A, S, clip, stats=None):
+def fused_chunk_run(q, k, v, coef, A, S, clip, unfused, stats=None):
     """Runs whole chunks laid out chunk-major: q, k [nc, N, n, d0], v [nc, N, n, dL], coef from
     `ops._coefficients(..., factors=False)` over the same layout, A and S (or None) per-layer states
     [N, d_l, d_{l+1}] before the first chunk; clip: the per-token gradient cap (already divided by the bias's
-    gradient scale) or None; stats: the cap's counter (memory_net.count_capped) or None. Returns y [nc, N, n,
-    dL], the states after the last chunk and the last chunk's start states.
+    gradient scale) or None; unfused: the same run under autograd, `unfused(q, k, v, coef, A, S, clip) -> (ys, A,
+    S, G)` (`ops.unfused_l2_run`), which a higher-order or second backward differentiates (passed in, so this
+    module does not import ops, which imports it); stats: the cap's counter (memory_net.count_capped) or None.
+    Returns y [nc, N, n, dL], the states after the last chunk and the last chunk's start states.
 
     Under torch.compile this op runs eagerly (a graph break before and after it): dynamo cannot trace the
     hand-written backward, whose in-place accumulation into per-chunk slices of its gradient buffers it rejects
@@ -328,7 +325,7 @@ def fused_chunk_run(q, k, v, coef, A, S, clip, stats=None):
     # keep what backward needs only when there will be one (without a graph, memory stays flat along a stream)
     inputs = (q, k, v, *coef.values(), *A, *(S or ()))
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    out = _ChunkRun.apply(len(A), momentum, clip, keep, stats, q, k, v, coef["C"], coef["beta"], coef["c_end"],
+    out = _ChunkRun.apply(len(A), momentum, clip, keep, stats, unfused, q, k, v, coef["C"], coef["beta"], coef["c_end"],
                           coef["beta_end"], coef["score1"], get("m"), get("m_end"), get("mo_end"),
                           get("e_end"), *A, *(S or ()))
     L = len(A)

@@ -59,7 +59,11 @@ class TitansConfig:
     # state (with chunk_size=1 the exact recurrence; the harness's earlier form, 7-14x slower per tiny training
     # step: it materialises every token's weights)
     lq_normalize: str = "chunk"
-    theta_max: float = 0.01  # upper bound of the inner learning rate theta_t (0.1 diverged at init)
+    # upper bound of the inner learning rate theta_t (0.1 diverged at init). A chunk takes every token's gradient
+    # at the chunk-start weights, so with the l2 bias a chunk moves the memory by up to 2 * chunk_size * theta_max
+    # along a key its tokens share; above 2 that step overshoots and grows the memory chunk after chunk (a matrix
+    # memory at theta_max 0.5 with chunks of 4 overflowed to NaN within ~2k tokens of a stream)
+    theta_max: float = 0.01
     # cap on the norm of each token's inner gradient per memory layer (titans-pytorch's max_grad_norm); without
     # it the depth-2 memory's inner descent can run away within one sequence once the gates learn a large step
     # (titans-mac at lr 3e-3 on BABILong: 0.5 -> 1e23 in one step); 2.0 is above the 99th percentile at init

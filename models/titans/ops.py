@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from harness.errors import HarnessError
 from models.titans.fused_run import fused_chunk_run
 from models.titans.memory_net import MLPNet, clip_token_grads, mlp_apply, mlp_with_grads
-from models.titans.objectives import L2Bias
+from models.titans.objectives import DecayRetention, L2Bias
 
 
 def _decay_matrix(logs, lower):
@@ -266,7 +266,7 @@ def memory_parallel(q, k, v, theta, log_keep, log_eta, state, chunk_size, bias, 
     for is_run, starts_chunk, (qc, kc, vc, pc, coef) in _cut(_walk(T, chunk_size, pos), chunk_size, pos, q, k, v,
                                                              theta, log_keep, log_eta, bias_param, fused):
         if is_run and fused:  # whole chunks, chunk-major [nc, B*H, n, ...]: each starts its own chunk
-            y, A, S, G = fused_chunk_run(qc, kc, vc, coef, A, S, grad_clip, stats)
+            y, A, S, G = fused_chunk_run(qc, kc, vc, coef, A, S, grad_clip, unfused_l2_run, stats)
             outs.append(y.movedim(0, 1).reshape(Bsz, H, -1, y.shape[-1]))
             continue
         if is_run:
@@ -311,6 +311,13 @@ def run_chunks(q, k, v, bias_param, coef, A, S, bias, retention, grad_clip, net=
             y, A, S = chunk_fn(*inputs, bias, retention, grad_clip, net, stats)
         ys.append(y)
     return ys, A, S, G
+
+
+def unfused_l2_run(q, k, v, coef, A, S, clip):
+    """The fused op's case (the l2 bias, linear retention, the mlp memory) through `run_chunks` under autograd;
+    coef without its factors, as `fused_chunk_run` takes it. The fused op's backward differentiates this where it
+    cannot use its own (higher-order gradients, a second backward)."""
+    return run_chunks(q, k, v, None, _add_factors(coef, q, k), A, S, L2Bias(), DecayRetention(), clip)
 
 
 class _CountedOnce:

@@ -30,6 +30,7 @@ the streamed scores equal it.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Sequence
 
 import torch
@@ -181,9 +182,12 @@ def greedy_generate(model, prompt_ids, seg_len: int, device, max_new_tokens: int
 
 @torch.no_grad()
 def greedy_continue(model, logprobs, state, device, max_new_tokens: int, stop_ids=()) -> list[int]:
-    """Greedy decoding from a prompt's last log-probs and its state (batch 1)."""
+    """Greedy decoding from a prompt's last log-probs and its state (batch 1). Raises NonFiniteOutput where the
+    model's log-probs are not finite (argmax over NaN would pick a token the model never chose)."""
     out: list[int] = []
     for _ in range(max_new_tokens):
+        if not bool(torch.isfinite(logprobs).all()):
+            raise NonFiniteOutput("the model's log-probs are not finite")
         token = int(torch.argmax(logprobs))
         out.append(token)
         if token in stop_ids:
@@ -193,7 +197,16 @@ def greedy_continue(model, logprobs, state, device, max_new_tokens: int, stop_id
     return out
 
 
+class NonFiniteOutput(ArithmeticError):
+    """The model's output for a sample is NaN or infinite (e.g. a memory state that overflowed along a long
+    stream): there is no answer to judge, and the sample counts as wrong and as non-finite in the record."""
+
+
 def argmax_first(scores: Sequence[float]) -> int:
+    """The index of the highest score, the first on ties. Raises NonFiniteOutput on a NaN or infinite score: a
+    comparison with NaN is always false, so NaN scores would otherwise silently pick the first candidate."""
+    if not all(math.isfinite(s) for s in scores):
+        raise NonFiniteOutput("a candidate's score is not finite")
     best = 0
     for i, s in enumerate(scores):
         if s > scores[best]:

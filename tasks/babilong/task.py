@@ -11,7 +11,8 @@ Protocol (the defaults; every choice is in the record's task_info):
 - Training rows: training samples at `train_length` (default 0k), packed whole one after another into each row
   (`pack=1`), each followed by up to `extra_questions` (default 3) more "Where is <person>?" questions about the
   same context answered by its move facts (training.py); loss on the answer tokens (`loss=answer`, or `all`).
-  Test samples are never trained on and never changed.
+  Test samples are never trained on and never changed. `curriculum=qa1:300` draws the first 300 steps' rows from
+  qa1 alone (tasks joined by '+'), then every task; none by default.
 - Budget at preset tiny (`budget_defaults`, `budget=main`): 750 steps x 32 rows x 128 tokens, lr 1e-3 (`budget=long`:
   1,500 steps); the runner records the
   learning curve (accuracy at 0k and 1k on `curve_samples` test samples per cell) at every validation step.
@@ -56,6 +57,7 @@ from tasks.babilong.prompts import DEFAULT_TEMPLATE, official_prompt
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies, shortcut_accuracy
 from tasks.babilong.sources import SOURCES, find_builder_files, open_source
 from tasks.babilong.streaming import (
+    NonFiniteOutput,
     argmax_first,
     can_batch,
     greedy_continue,
@@ -85,6 +87,7 @@ DEFAULT_EVAL_BATCH = 16  # samples streamed together by recurrent models (1: one
 TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the room left in a training row
 OPTIONS = ("source", "tasks", "lengths", "train_length", "budget", "samples", "long_samples", "seed", "scoring", "tokenizer",
            "prompt", "max_new_tokens", "segment_len", "eval_batch", "pack", "loss", "extra_questions", "curve_samples",
+           "curriculum",
            "babi_dir", "books_dir", "tokenizer_dir", "data_dir", "data_file")
 # plain: the user template + "Answer:" (PROMPT_TEMPLATE); official: the benchmark's instruction, examples and
 # post-prompt before it (prompts.py)
@@ -95,6 +98,23 @@ def _as_int(value, what: str, minimum: int) -> int:
     return int_option(value, what, minimum, "BABILong")
 
 
+def parse_curriculum(value, tasks: list[str]) -> tuple[list[str], int] | None:
+    """`curriculum=qa1:300` (tasks joined by '+', then the steps): training rows draw only those tasks for the first
+    300 steps, then every task. None: no curriculum."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    first, sep, steps = str(value).partition(":")
+    if not sep:
+        raise HarnessError(f"BABILong curriculum {value!r} is not TASKS:STEPS; e.g. curriculum=qa1:300 (qa1 alone for "
+                           f"the first 300 steps) or qa1+qa2:200")
+    names = [t.strip() for t in first.split("+") if t.strip()]
+    unknown = [t for t in names if t not in tasks]
+    if not names or unknown:
+        raise HarnessError(f"BABILong curriculum {value!r}: its tasks must be among the trained tasks "
+                           f"({', '.join(tasks)})")
+    return names, _as_int(steps, "curriculum steps", 1)
+
+
 class BabilongTask(Task):
     name = "babilong"
     primary_metric = "acc/mean"
@@ -103,6 +123,7 @@ class BabilongTask(Task):
                  train_length: str = "0k", budget: str = "main", samples=DEFAULT_SAMPLES, long_samples=DEFAULT_LONG_SAMPLES, seed=0,
                  scoring: str | None = None, tokenizer: str = "words", prompt: str | None = None,
                  max_new_tokens=None, segment_len=None, eval_batch=DEFAULT_EVAL_BATCH, pack=1, loss="answer", extra_questions=DEFAULT_EXTRA_QUESTIONS, curve_samples=DEFAULT_CURVE_SAMPLES,
+                 curriculum: str | None = None,
                  data_dir=None, babi_dir=None,
                  books_dir=None, tokenizer_dir=None, data_file=None, preset=None, **unknown):
         if unknown:
@@ -164,6 +185,7 @@ class BabilongTask(Task):
         # what a sample's extra questions add to its length (packing sizes later stories for it)
         self.extra_question_tokens = self.extra_questions * len(self.codec.encode(EXTRA_TEMPLATE + " garden."))
         self.curve_samples = _as_int(curve_samples, "curve_samples", 0)
+        self.curriculum = parse_curriculum(curriculum, self.tasks)
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
                             for t in self.tasks}
@@ -226,24 +248,43 @@ class BabilongTask(Task):
             return self.encode_example(sample, self.extra_questions)
         return fitting_example(draw, room, TRAIN_FIT_TRIES)
 
-    def _rows(self, step: int, batch_size: int, seq_len: int, seed: int, answers_only: bool = True,
+    def _rows(self, tasks: list[str], step: int, batch_size: int, seq_len: int, seed: int, answers_only: bool = True,
               stats: dict | None = None):
         stats = {} if stats is None else stats  # counters of training rows only (not validation)
-        return pack_rows(self._example, self.tasks, step, batch_size, seq_len, seed, pad_id=self.codec.pad_id,
+        return pack_rows(self._example, tasks, step, batch_size, seq_len, seed, pad_id=self.codec.pad_id,
                          story_cap=self.train_story_cap, pack=bool(self.pack), answers_only=answers_only,
-                         extra_tokens=self.extra_question_tokens,
-                         stats=stats)
+                         extra_tokens=self.extra_question_tokens, stats=stats)
+
+    def train_tasks(self, step: int) -> list[str]:
+        """The tasks training rows are drawn from at this step: the curriculum's first tasks for its first steps,
+        then every task."""
+        if self.curriculum is not None and step < self.curriculum[1]:
+            return self.curriculum[0]
+        return self.tasks
 
     def train_batch(self, step, batch_size, seq_len, seed):
-        return self._rows(step, batch_size, seq_len, seed, answers_only=self.loss == "answer",
-                          stats=self.train_stats)
+        return self._rows(self.train_tasks(step), step, batch_size, seq_len, seed,
+                          answers_only=self.loss == "answer", stats=self.train_stats)
 
     def val_batch(self, index, batch_size, seq_len):
-        return self._rows(index, batch_size, seq_len, 0x5EED)
+        return self._rows(self.tasks, index, batch_size, seq_len, 0x5EED)
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def _judge_choice(self, sample, scores) -> bool:
         return self.labels[sample.task][argmax_first(scores)].lower() == sample.target.lower()
+
+    def _continue_and_judge(self, sample, model, first, state, device) -> bool:
+        out = greedy_continue(model, first, state, device, self.max_new_tokens, self._stop_ids())
+        return self._judge_generation(sample, out)
+
+    def _judged(self, judge, *args) -> bool:
+        """judge(*args) for one sample; a model whose output is NaN or infinite gave no answer: wrong, and counted
+        in the cell's count (evaluation.nonfinite_samples in the record)."""
+        try:
+            return judge(*args)
+        except NonFiniteOutput:
+            self._nonfinite += 1
+            return False
 
     def _judge_generation(self, sample, out) -> bool:
         return compare_answers(sample.target, self.codec.decode(out), sample.question, self.labels[sample.task])
@@ -267,9 +308,9 @@ class BabilongTask(Task):
         elif self.scoring == "choice":
             scores, _ = score_choices_streaming(model, prompt, self._candidates[sample.task], seg_len, device)
         else:
-            out = greedy_generate(model, prompt, seg_len, device, self.max_new_tokens, stop_ids=self._stop_ids())
-            return self._judge_generation(sample, out)
-        return self._judge_choice(sample, scores)
+            return self._judged(lambda: self._judge_generation(sample, greedy_generate(
+                model, prompt, seg_len, device, self.max_new_tokens, stop_ids=self._stop_ids())))
+        return self._judged(self._judge_choice, sample, scores)
 
     def _predict_batched(self, model, samples, prompts, device, seg_len, done=None) -> list[bool]:
         """The samples of one cell scored `eval_batch` at a time (streaming.stream_prompts): sorted by prompt
@@ -286,10 +327,9 @@ class BabilongTask(Task):
                 sample = samples[i]
                 if self.scoring == "choice":
                     scores = score_candidates(model, first, state, self._candidates[sample.task], device)
-                    outcomes[i] = self._judge_choice(sample, scores)
+                    outcomes[i] = self._judged(self._judge_choice, sample, scores)
                 else:
-                    out = greedy_continue(model, first, state, device, self.max_new_tokens, self._stop_ids())
-                    outcomes[i] = self._judge_generation(sample, out)
+                    outcomes[i] = self._judged(self._continue_and_judge, sample, model, first, state, device)
                 if done is not None:
                     done()
         return outcomes
@@ -322,6 +362,8 @@ class BabilongTask(Task):
         cells: dict[tuple[str, str], tuple[float, float | None, int]] = {}
         self.eval_notes = []
         self.last_eval["samples_scored"] = scored = {}  # per cell "task/length": samples actually scored
+        # per cell: samples whose scores were NaN or infinite, counted wrong (empty when every output was finite)
+        self.last_eval["nonfinite_samples"] = nonfinite = {}
         # per cell: the accuracy of answering with the label the context names last (scoring.shortcut_accuracy)
         self.last_eval["shortcut_last_mentioned"] = shortcut = {}
         window = model.max_context if model.streaming == "window" else None
@@ -336,6 +378,7 @@ class BabilongTask(Task):
                     self.eval_notes.append(note)
                     print(f"warning: BABILong {note}", file=sys.stderr)
                 prompts = [self.prompt_ids(sample) for sample in samples]
+                self._nonfinite = 0
                 if samples:
                     shortcut[f"{task}/{length}"] = round(shortcut_accuracy(samples, self.labels[task]), 2)
                 if batched:
@@ -354,6 +397,8 @@ class BabilongTask(Task):
                     if window is not None and len(prompt) > window:
                         exceeded += 1
                 scored[f"{task}/{length}"] = len(outcomes)
+                if self._nonfinite:
+                    nonfinite[f"{task}/{length}"] = self._nonfinite
                 if outcomes:
                     cells[task, length] = binomial_accuracy(outcomes)
                     metrics[f"acc/{task}/{length}"] = Metric(*cells[task, length], higher_is_better=True)
@@ -363,6 +408,13 @@ class BabilongTask(Task):
             if skipped:
                 self.eval_notes.append(f"{length}: {skipped} samples skipped, longer than one call of a model "
                                        f"that cannot stream")
+            bad = sum(nonfinite.get(f"{t}/{length}", 0) for t in self.tasks)
+            if bad:
+                note = (f"{length}: the model's scores were NaN or infinite on {bad} of {len(self.tasks) * n} samples "
+                        f"(counted wrong; per cell in evaluation.nonfinite_samples)")
+                self.eval_notes.append(note)
+                if progress:
+                    tqdm.write(f"warning: BABILong {note}", file=sys.stderr)
             levels = [shortcut[f"{t}/{length}"] for t in self.tasks if f"{t}/{length}" in shortcut]
             if len(levels) == len(self.tasks):
                 shortcut[f"mean/{length}"] = round(sum(levels) / len(levels), 2)
@@ -424,6 +476,8 @@ class BabilongTask(Task):
             "seed": self.seed,
             "train_length": self.train_length[0],
             "budget": self.budget,
+            "train_curriculum": (f"steps 0-{self.curriculum[1] - 1} on {', '.join(self.curriculum[0])} only, then "
+                                 f"every task" if self.curriculum else "none: every step draws every task in turn"),
             "train_rows": dict(self.train_stats),
             "train_loss": ("answer tokens only" if self.loss == "answer" else
                            "every token of the samples (validation: answer tokens only)"),
