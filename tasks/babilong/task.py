@@ -197,6 +197,7 @@ class BabilongTask(Task):
         self.table: dict[str, dict[str, float]] | None = None
         self.last_eval: dict = {}
         self.eval_notes: list[str] = []
+        self._nonfinite = 0  # samples of the cell being scored whose outputs were NaN or infinite
 
     # -- samples ----------------------------------------------------------------------------------------------
     def samples_at(self, length_tokens: int) -> int:
