@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 from harness.errors import DataError, HarnessError
 from tasks.babilong.scoring import binomial_accuracy, mean_of_accuracies
 from tasks.babilong.streaming import (
-    NonFiniteOutput,
     can_batch,
     greedy_continue,
     greedy_generate,
+    none_if_nonfinite,
     stream_prompts,
 )
 from tasks.base import Metric, Task, int_option, reject_unknown_options
@@ -192,12 +192,12 @@ class NeedleTask(Task):
                 for lo in range(0, n, self.eval_batch):
                     group = list(range(lo, min(n, lo + self.eval_batch)))
                     for k, first, state in stream_prompts(model, [prompts[i] for i in group], seg_len, device):
-                        outs[group[k]] = _finite_or_none(greedy_continue, model, first, state, device, self.value_len)
+                        outs[group[k]] = none_if_nonfinite(greedy_continue, model, first, state, device, self.value_len)
                         bar.update(1)
             else:
                 for i in range(n):
-                    outs[i] = _finite_or_none(greedy_generate, model, prompts[i].tolist(), seg_len, device,
-                                              self.value_len)
+                    outs[i] = none_if_nonfinite(greedy_generate, model, prompts[i].tolist(), seg_len, device,
+                                                self.value_len)
                     bar.update(1)
             bad = sum(out is None for out in outs)
             if bad:
@@ -238,11 +238,3 @@ def _load_books(where) -> tuple[np.ndarray, str]:
 
 def build(**options) -> NeedleTask:
     return NeedleTask(**options)
-
-
-def _finite_or_none(decode, *args):
-    """decode(*args), or None where the model's log-probs were NaN or infinite (no answer: counted wrong)."""
-    try:
-        return decode(*args)
-    except NonFiniteOutput:
-        return None

@@ -202,6 +202,14 @@ class NonFiniteOutput(ArithmeticError):
     stream): there is no answer to judge, and the sample counts as wrong and as non-finite in the record."""
 
 
+def none_if_nonfinite(fn, *args):
+    """fn(*args), or None where it raised NonFiniteOutput (the sample has no answer: the caller counts it wrong)."""
+    try:
+        return fn(*args)
+    except NonFiniteOutput:
+        return None
+
+
 def argmax_first(scores: Sequence[float]) -> int:
     """The index of the highest score, the first on ties. Raises NonFiniteOutput on a NaN or infinite score: a
     comparison with NaN is always false, so NaN scores would otherwise silently pick the first candidate."""

@@ -57,11 +57,11 @@ from tasks.babilong.prompts import DEFAULT_TEMPLATE, official_prompt
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies, shortcut_accuracy
 from tasks.babilong.sources import SOURCES, find_builder_files, open_source
 from tasks.babilong.streaming import (
-    NonFiniteOutput,
     argmax_first,
     can_batch,
     greedy_continue,
     greedy_generate,
+    none_if_nonfinite,
     score_candidates,
     score_choices_full,
     score_choices_streaming,
@@ -281,11 +281,11 @@ class BabilongTask(Task):
     def _judged(self, judge, *args) -> bool:
         """judge(*args) for one sample; a model whose output is NaN or infinite gave no answer: wrong, and counted
         in the cell's count (evaluation.nonfinite_samples in the record)."""
-        try:
-            return judge(*args)
-        except NonFiniteOutput:
+        correct = none_if_nonfinite(judge, *args)
+        if correct is None:
             self._nonfinite += 1
             return False
+        return correct
 
     def _judge_generation(self, sample, out) -> bool:
         return compare_answers(sample.target, self.codec.decode(out), sample.question, self.labels[sample.task])
