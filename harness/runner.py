@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -186,6 +186,20 @@ def fit_budget(cfg: RunConfig, budget, task):
     return budget, notes
 
 
+def fit_model_args(cfg: RunConfig, task) -> tuple[RunConfig, list[str]]:
+    """(cfg with the task's model settings, notes): settings a task gives this architecture (e.g. a BABILong
+    protocol's memory settings, `model_defaults`) where --model-arg did not set them; the record's model_args
+    are then the settings the model was built with."""
+    model_name = MODELS.resolve(cfg.model).name
+    defaults = task.model_defaults(model_name) if hasattr(task, "model_defaults") else {}
+    taken = {k: v for k, v in defaults.items() if k not in cfg.model_args}
+    if not taken:
+        return cfg, []
+    note = (f"task {TASKS.resolve(cfg.task).name}'s settings for {model_name}: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(taken.items())))
+    return replace(cfg, model_args={**cfg.model_args, **taken}), [note]
+
+
 def device_type(name: str) -> str:
     """cpu or cuda for a --device value, without failing where CUDA is absent (a sweep may plan elsewhere)."""
     return "cuda" if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()) else "cpu"
@@ -302,8 +316,9 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     if main_rank:
         ensure_writable(root)  # before training: an unwritable results folder must not cost trained weights
     task = load_task(cfg)
+    cfg, model_notes = fit_model_args(cfg, task)
     budget, widened = fit_budget(cfg, budget, task)
-    notes += widened
+    notes += model_notes + widened
     task_info = task.describe()
     if budget.steps and not cfg.checkpoint:  # a split too small for a batch fails now, not after training
         counters = copy.deepcopy(getattr(task, "train_stats", None))  # the trial rows are not trained on

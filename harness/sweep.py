@@ -58,10 +58,11 @@ def job_identity(cfg) -> str:
     """The configuration identity the job's record will carry (harness/identity.py), computed the runner's
     way: the same budget resolution, task options and the task's widening of the training context (reads the
     task's data for its checksum)."""
-    from harness.runner import config_identity, device_type, fit_budget, load_task, resolve_budget
+    from harness.runner import config_identity, device_type, fit_budget, fit_model_args, load_task, resolve_budget
 
     budget = resolve_budget(cfg)
     task = load_task(cfg)
+    cfg, _ = fit_model_args(cfg, task)
     budget, _ = fit_budget(cfg, budget, task)
     return config_identity(cfg, budget, task.describe(), device_type(cfg.device))
 

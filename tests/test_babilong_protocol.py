@@ -198,3 +198,44 @@ def test_a_curriculum_trains_its_first_tasks_alone_for_its_first_steps():
 def test_curriculum_option_errors(bad, message):
     with pytest.raises(HarnessError, match=message):
         BabilongTask(source="generator", tokenizer="phrases", curriculum=bad, samples=1)
+
+
+def test_named_protocols_set_option_defaults_and_explicit_options_win():
+    from tasks.babilong.protocols import DELTA_RANGE_MEMORY
+
+    standard = BabilongTask(source="generator", samples=1)
+    assert "+ 0 movement phrases" in standard.codec.name and standard.curriculum is None
+    assert standard.model_defaults("titans-mac") == {} and standard.describe()["protocol"].startswith("standard")
+    learns = BabilongTask(source="generator", protocol="curriculum", samples=1)
+    assert "+ 5 movement phrases" in learns.codec.name and learns.curriculum == (["qa1"], 600)
+    assert learns.describe()["protocol"].startswith("curriculum: phrase tokens")
+    assert learns.model_defaults("titans-mac") == {**DELTA_RANGE_MEMORY, "segment": "16"}
+    assert learns.model_defaults("titans-mag") == DELTA_RANGE_MEMORY
+    assert learns.model_defaults("transformer-pp") == {}  # other architectures keep their registered settings
+    mine = BabilongTask(source="generator", protocol="curriculum", tokenizer="words", curriculum="none", samples=1)
+    assert "+ 0 movement phrases" in mine.codec.name and mine.curriculum is None
+    assert BabilongTask(source="generator", protocol="curriculum", tasks="qa2,qa3", samples=1).curriculum is None
+    with pytest.raises(HarnessError, match="protocol 'fast' is not one of standard, curriculum"):
+        BabilongTask(source="generator", protocol="fast", samples=1)
+
+
+def test_the_runner_builds_and_rescores_with_the_protocols_model_settings(tmp_path):
+    """The protocol's settings reach the model (record, note, memory config) unless --model-arg sets them, and
+    scoring the checkpoint the run wrote builds the same model again."""
+    from harness.runner import RunConfig, run
+
+    task_args = {"protocol": "curriculum", "tasks": "qa1", "lengths": "0k", "samples": "2", "curve_samples": "0"}
+    cfg = RunConfig(model="titans-mac", task="babilong", preset="tiny", steps=2, batch_size=2, eval_batches=1,
+                    output_path=str(tmp_path), progress=False, update_leaderboard=False, task_args=task_args,
+                    model_args={"chunk_size": "1"})
+    record, _ = run(cfg)
+    assert record["model_args"] == {"memory_depth": "1", "theta_max": "0.5", "momentum": "false",
+                                    "inner_grad_clip": "null", "segment": "16", "chunk_size": "1"}
+    assert any(n.startswith("task babilong's settings for titans-mac: inner_grad_clip=null, memory_depth=1")
+               for n in record["notes"])
+    assert record["task_info"]["train_curriculum"].startswith("steps 0-599 on qa1")
+    rescored, _ = run(RunConfig(model="titans-mac", task="babilong", preset="tiny", checkpoint=record["checkpoint"],
+                                output_path=str(tmp_path), progress=False, update_leaderboard=False,
+                                task_args=task_args, model_args={"chunk_size": "1"}))
+    assert rescored["model_args"] == record["model_args"]
+    assert rescored["metrics"]["acc/qa1/0k"]["value"] == record["metrics"]["acc/qa1/0k"]["value"]

@@ -13,6 +13,9 @@ Protocol (the defaults; every choice is in the record's task_info):
   same context answered by its move facts (training.py); loss on the answer tokens (`loss=answer`, or `all`).
   Test samples are never trained on and never changed. `curriculum=qa1:300` draws the first 300 steps' rows from
   qa1 alone (tasks joined by '+'), then every task; none by default.
+- Named protocols (`protocol=`, protocols.py) set the defaults of the options above and the model settings each
+  architecture gets: `standard` (the defaults above) and `curriculum` (phrase tokens, a qa1:600 curriculum, the
+  Titans memories as a delta-rule-range matrix memory with chunks of 2), the protocol the README's main job uses.
 - Budget at preset tiny (`budget_defaults`, `budget=main`): 750 steps x 32 rows x 128 tokens, lr 1e-3 (`budget=long`:
   1,500 steps); the runner records the
   learning curve (accuracy at 0k and 1k on `curve_samples` test samples per cell) at every validation step.
@@ -54,6 +57,7 @@ from tasks.babilong.common import (
     parse_list,
 )
 from tasks.babilong.prompts import DEFAULT_TEMPLATE, official_prompt
+from tasks.babilong.protocols import get_protocol
 from tasks.babilong.scoring import binomial_accuracy, compare_answers, mean_of_accuracies, shortcut_accuracy
 from tasks.babilong.sources import SOURCES, find_builder_files, open_source
 from tasks.babilong.streaming import (
@@ -87,7 +91,7 @@ DEFAULT_EVAL_BATCH = 16  # samples streamed together by recurrent models (1: one
 TRAIN_FIT_TRIES = 16  # training draws tried to find a sample that fits the room left in a training row
 OPTIONS = ("source", "tasks", "lengths", "train_length", "budget", "samples", "long_samples", "seed", "scoring", "tokenizer",
            "prompt", "max_new_tokens", "segment_len", "eval_batch", "pack", "loss", "extra_questions", "curve_samples",
-           "curriculum",
+           "curriculum", "protocol",
            "babi_dir", "books_dir", "tokenizer_dir", "data_dir", "data_file")
 # plain: the user template + "Answer:" (PROMPT_TEMPLATE); official: the benchmark's instruction, examples and
 # post-prompt before it (prompts.py)
@@ -121,14 +125,17 @@ class BabilongTask(Task):
 
     def __init__(self, source: str = "auto", tasks: str = ",".join(TASKS), lengths: str = DEFAULT_LENGTHS,
                  train_length: str = "0k", budget: str = "main", samples=DEFAULT_SAMPLES, long_samples=DEFAULT_LONG_SAMPLES, seed=0,
-                 scoring: str | None = None, tokenizer: str = "words", prompt: str | None = None,
+                 scoring: str | None = None, tokenizer: str | None = None, prompt: str | None = None,
                  max_new_tokens=None, segment_len=None, eval_batch=DEFAULT_EVAL_BATCH, pack=1, loss="answer", extra_questions=DEFAULT_EXTRA_QUESTIONS, curve_samples=DEFAULT_CURVE_SAMPLES,
-                 curriculum: str | None = None,
+                 curriculum: str | None = None, protocol: str = "standard",
                  data_dir=None, babi_dir=None,
                  books_dir=None, tokenizer_dir=None, data_file=None, preset=None, **unknown):
         if unknown:
             raise HarnessError(f"unknown BABILong option(s) {', '.join(sorted(unknown))}; valid: {', '.join(OPTIONS)}")
         self.tasks = parse_list(tasks, TASKS, "tasks")
+        # the named protocol (protocols.py) gives the defaults of the options below that the caller left unset
+        self.protocol_name, self.protocol = protocol, get_protocol(protocol)
+        tokenizer = self.protocol.tokenizer if tokenizer is None else tokenizer
         self.lengths = [parse_length(x) for x in parse_list(lengths, None, "lengths")]
         tokens = [t for _, t in self.lengths]
         if len(set(tokens)) < len(tokens):  # one cell scored twice would overwrite itself
@@ -185,6 +192,10 @@ class BabilongTask(Task):
         # what a sample's extra questions add to its length (packing sizes later stories for it)
         self.extra_question_tokens = self.extra_questions * len(self.codec.encode(EXTRA_TEMPLATE + " garden."))
         self.curve_samples = _as_int(curve_samples, "curve_samples", 0)
+        if curriculum is None and self.protocol.curriculum is not None:
+            # the protocol's curriculum, where its tasks are among those trained (tasks=qa2 trains without it)
+            wanted = self.protocol.curriculum.partition(":")[0].split("+")
+            curriculum = self.protocol.curriculum if set(wanted) <= set(self.tasks) else None
         self.curriculum = parse_curriculum(curriculum, self.tasks)
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
         self._candidates = {t: [self.codec.encode(ANSWER_TEMPLATE.format(answer=l)) for l in self.labels[t]]
@@ -206,6 +217,11 @@ class BabilongTask(Task):
 
     def eval_samples(self, task: str, length: str, length_tokens: int, n: int):
         return self.source.eval_samples(task, length, length_tokens, n)
+
+    def model_defaults(self, model_name: str) -> dict[str, str]:
+        """The protocol's model settings for this architecture (registry name), as `--model-arg` strings; the
+        runner applies those the command line did not set and records them."""
+        return dict(self.protocol.model_settings.get(model_name, {}))
 
     def budget_defaults(self, preset: str) -> dict:
         """The CPU fine-tuning budget at preset tiny, named by the `budget` option (flags override each field;
@@ -477,6 +493,7 @@ class BabilongTask(Task):
             "seed": self.seed,
             "train_length": self.train_length[0],
             "budget": self.budget,
+            "protocol": f"{self.protocol_name}: {self.protocol.summary}",
             "train_curriculum": (f"steps 0-{self.curriculum[1] - 1} on {', '.join(self.curriculum[0])} only, then "
                                  f"every task" if self.curriculum else "none: every step draws every task in turn"),
             "train_rows": dict(self.train_stats),
