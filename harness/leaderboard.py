@@ -49,7 +49,7 @@ def _settings(record: dict) -> str:
     return json.dumps(extra, sort_keys=True) if extra else ""
 
 
-def _newest_per_seed(members: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+def newest_per_seed(members: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
     """One record per seed (the newest): a rerun or `--resume` of a finished run is not another seed."""
     by_seed: dict = {}
     for path, rec in members:
@@ -70,7 +70,7 @@ def aggregate(records: list[tuple[Path, dict]], model=None, task=None, preset=No
         groups[identity.from_record(rec)].append((path, rec))
     rows = []
     for config_id, members in groups.items():
-        members = _newest_per_seed(members)
+        members = newest_per_seed(members)
         first = members[0][1]
         training = first.get("training") or {}
         budget = training.get("budget") or {}

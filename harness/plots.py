@@ -3,7 +3,10 @@ leaderboard (mean over seeds, error bars = standard error) and from the records'
 
 - score_vs_params_<task>_<metric>.png: each task's primary LM metric (bits per byte, perplexity, ...) against
   parameter count, one line per model across its presets;
-- babilong_acc_vs_length.png: BABILong mean accuracy (metrics acc/mean/<len>) against context length, per model;
+- babilong_acc_vs_length.png: BABILong mean accuracy (metrics acc/mean/<len>) against context length, one line
+  per configuration (configurations of one model are told apart by their config_id);
+- babilong_learning_curve.png: the BABILong learning curve the runner records (accuracy at 0k and 1k on a few
+  test samples per cell at each validation step) against training tokens, mean over seeds per configuration;
 - recall_<task>.png: Zoology-style recall plot (metrics acc/kv<N>/T<L> of mqar): accuracy against key-value
   pairs, one line per architecture, one panel per sequence length;
 - loss_<task>.png: training cross-entropy against step for every record (one line per model/preset/seed).
@@ -11,6 +14,7 @@ leaderboard (mean over seeds, error bars = standard error) and from the records'
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,8 +24,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from harness import identity
 from harness.errors import HarnessError
-from harness.leaderboard import aggregate
+from harness.leaderboard import aggregate, newest_per_seed
 from harness.results import load_records
 
 _LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?)([kKmM]?)$")
@@ -80,21 +85,32 @@ def score_vs_params(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def _config_labels(keys) -> dict:
+    """'model preset' for each (model, preset, config_id) key, with the config_id's first 8 characters where one
+    model and preset has several configurations (e.g. two BABILong protocols), so no line merges two of them."""
+    counts = defaultdict(int)
+    for model, preset, _ in keys:
+        counts[(model, preset)] += 1
+    return {(model, preset, cid): f"{model} {preset}" + (f" [{cid[:8]}]" if counts[(model, preset)] > 1 else "")
+            for model, preset, cid in keys}
+
+
 def babilong_vs_length(rows: list[dict], out: Path) -> list[Path]:
     lines = defaultdict(list)
     for r in rows:
         length = context_length(r["metric"])
         if length is not None:
-            lines[(r["model"], r["preset"], r["task"])].append((length, r))
+            lines[(r["model"], r["preset"], r["config_id"])].append((length, r))
     if not lines:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {}
-    for (model, preset, task), pts in sorted(lines.items()):
+    names = _config_labels(lines)
+    for key, pts in sorted(lines.items()):
         pts.sort(key=lambda p: p[0])
         xs = [max(p[0], 1.0) for p in pts]  # 0k plotted at 1 token on the log axis
         err = [p[1]["stderr"] if isinstance(p[1]["stderr"], float) else 0.0 for p in pts]
-        ax.errorbar(xs, [p[1]["value"] for p in pts], yerr=err, marker="o", capsize=3, label=f"{model} {preset}")
+        ax.errorbar(xs, [p[1]["value"] for p in pts], yerr=err, marker="o", capsize=3, label=names[key])
         labels.update({x: p[1]["metric"].rsplit("/", 1)[1] for x, p in zip(xs, pts)})
     ax.set_xscale("log")
     ax.set_xticks(sorted(labels), [labels[x] for x in sorted(labels)])
@@ -104,6 +120,57 @@ def babilong_vs_length(rows: list[dict], out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return [_save(fig, out / "babilong_acc_vs_length.png")]
+
+
+def learning_curve_lines(records: list[tuple[Path, dict]]) -> dict[str, dict[str, list[tuple]]]:
+    """{configuration label: {metric: [(training tokens, mean over seeds, seed-to-seed stderr, seeds)]}} from the
+    BABILong records' `training.task_curve` (accuracy at 0k and 1k at each validation step); one record per seed
+    (the newest), stderr 0.0 where one seed has the point."""
+    groups = defaultdict(list)
+    for path, rec in records:
+        if rec.get("task") == "babilong" and (rec.get("training") or {}).get("task_curve"):
+            groups[(rec["model"], rec["preset"], identity.from_record(rec))].append((path, rec))
+    names = _config_labels(groups)
+    lines = {}
+    for key, members in sorted(groups.items()):
+        by_metric = defaultdict(lambda: defaultdict(list))  # metric -> tokens -> values over seeds
+        for _, rec in newest_per_seed(members):
+            for _, tokens, point in rec["training"]["task_curve"]:
+                for metric, value in point.items():
+                    by_metric[metric][tokens].append(value)
+        lines[names[key]] = {}
+        for metric, by_tokens in by_metric.items():
+            points = []
+            for tokens, values in sorted(by_tokens.items()):
+                n, mean = len(values), sum(values) / len(values)
+                err = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+                points.append((tokens, mean, err, n))
+            lines[names[key]][metric] = points
+    return lines
+
+
+def babilong_learning_curves(records: list[tuple[Path, dict]], out: Path) -> list[Path]:
+    """learning_curve_lines drawn: one panel per metric (0k, 1k), one line per configuration."""
+    lines = learning_curve_lines(records)
+    if not lines:
+        return []
+    metrics = sorted({m for by_metric in lines.values() for m in by_metric},
+                     key=lambda m: (context_length(m) is None, context_length(m) or 0, m))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False, sharey=True)
+    for ax, metric in zip(axes[0], metrics):
+        for label, by_metric in lines.items():
+            points = by_metric.get(metric)
+            if points:
+                seeds = max(p[3] for p in points)
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
+        ax.set_xlabel("training tokens")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy on the curve's test samples (%)")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle("BABILong learning curve")
+    return [_save(fig, out / "babilong_learning_curve.png")]
 
 
 def recall_grid(rows: list[dict], out: Path) -> list[Path]:
@@ -169,5 +236,5 @@ def write_plots(root: str | Path, model=None, task=None, preset=None) -> list[Pa
                and (not preset or r.get("preset") == preset)]
     rows = aggregate(records)
     out = root / "plots"
-    return (score_vs_params(rows, out) + babilong_vs_length(rows, out) + recall_grid(rows, out)
-            + loss_curves(records, out))
+    return (score_vs_params(rows, out) + babilong_vs_length(rows, out) + babilong_learning_curves(records, out)
+            + recall_grid(rows, out) + loss_curves(records, out))

@@ -56,9 +56,16 @@ def expand(models, tasks, seeds, base):
 
 def job_identity(cfg) -> str:
     """The configuration identity the job's record will carry (harness/identity.py), computed the runner's
-    way: the same budget resolution, task options and the task's widening of the training context (reads the
-    task's data for its checksum)."""
-    from harness.runner import config_identity, device_type, fit_budget, fit_model_args, load_task, resolve_budget
+    way: the same budget resolution, task options, the task's model settings (runner.fit_model_args) and the
+    task's widening of the training context (reads the task's data for its checksum)."""
+    from harness.runner import (
+        config_identity,
+        device_type,
+        fit_budget,
+        fit_model_args,
+        load_task,
+        resolve_budget,
+    )
 
     budget = resolve_budget(cfg)
     task = load_task(cfg)

@@ -40,3 +40,31 @@ def test_leaderboard_writes_all_plots(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"plot -> {tmp_path / 'plots' / 'score_vs_params_bytes_bpb.png'}" in result.output
     assert "babilong_acc_vs_length" not in result.output  # the filter applies to the plots too
+
+
+def test_babilong_learning_curves_average_seeds_and_keep_configurations_apart(tmp_path):
+    """From records the runner writes: two seeds of one configuration average point by point, a second protocol
+    of the same model is its own line in both BABILong plots."""
+    import json
+
+    from harness.plots import learning_curve_lines
+    from harness.results import load_records
+    from harness.runner import RunConfig, run
+
+    base = {"tasks": "qa1", "lengths": "0k", "samples": "2", "curve_samples": "2"}
+    for seed, extra in ((0, {}), (1, {}), (0, {"protocol": "curriculum"})):
+        run(RunConfig(model="transformer-pp", task="babilong", preset="tiny", steps=4, batch_size=2, eval_every=2,
+                      eval_batches=1, seed=seed, output_path=str(tmp_path), progress=False,
+                      update_leaderboard=False, task_args={**base, **extra}))
+    records = load_records(tmp_path)
+    lines = learning_curve_lines(records)
+    assert len(lines) == 2 and all(label.startswith("transformer-pp tiny [") for label in lines)
+    standard = [r for _, r in records if "protocol" not in r["task_args"]]
+    label = next(label for label, by_metric in lines.items() if max(p[3] for p in by_metric["acc/mean/0k"]) == 2)
+    for i, (tokens, mean, err, n) in enumerate(lines[label]["acc/mean/0k"]):
+        values = [r["training"]["task_curve"][i][2]["acc/mean/0k"] for r in standard]
+        assert tokens == standard[0]["training"]["task_curve"][i][1] and n == 2
+        assert mean == sum(values) / 2 and err == abs(values[0] - values[1]) / 2
+    names = sorted(p.name for p in write_plots(tmp_path))
+    assert "babilong_learning_curve.png" in names and "babilong_acc_vs_length.png" in names
+    assert json.dumps(lines)  # plain numbers, nothing a plot could not draw

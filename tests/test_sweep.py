@@ -72,3 +72,19 @@ def test_sweep_recognises_a_finished_babilong_run(tmp_path):
     assert (len(todo), len(done)) == (0, 1)
     (other_seed,) = expand(["transformer-pp"], ["babilong"], [1], base)
     assert pending([other_seed])[0] == [other_seed]
+
+
+def test_sweep_recognises_a_finished_run_whose_task_set_model_settings(tmp_path):
+    """A BABILong protocol gives titans-mac model settings the command line did not; the sweep's job identity
+    must include them as the runner's record does, or the finished job would run again."""
+    from harness.runner import run
+    from harness.sweep import pending
+
+    base = RunConfig(model="?", task="?", steps=1, batch_size=2, limit=1, eval_every=0, eval_batches=1,
+                     checkpoint_every=0, output_path=str(tmp_path / "res"), progress=False,
+                     task_args={"source": "generator", "tasks": "qa1", "lengths": "0k", "samples": "1",
+                                "curve_samples": "0", "protocol": "curriculum"})
+    (job,) = expand(["titans-mac"], ["babilong"], [0], base)
+    record, _ = run(job)
+    assert record["model_args"]["chunk_size"] == "2" and job.model_args == {}
+    assert pending([job]) == ([], [job])
