@@ -11,6 +11,6 @@
 Modules: common.py (sample record, length names, labels, prompt), babi.py (bAbI files), builder.py (samples from
 bAbI + books, GPT-2 token lengths), generator.py (no files), sources.py (Hugging Face datasets, source choice),
 scoring.py (the benchmark's answer rule), streaming.py (segment-by-segment scoring, batched), words.py (the
-word-level vocabulary), training.py (extra questions for training rows), protocols.py (named protocols: option defaults and the model
-settings each architecture gets), task.py (the Task), plot.py.
+word-level vocabulary), training.py (extra questions for training rows), protocols.py (named protocols: option
+defaults and the model settings each architecture gets), task.py (the Task), plot.py.
 """

@@ -194,7 +194,7 @@ class BabilongTask(Task):
         self.curve_samples = _as_int(curve_samples, "curve_samples", 0)
         if curriculum is None and self.protocol.curriculum is not None:
             # the protocol's curriculum, where its tasks are among those trained (tasks=qa2 trains without it)
-            wanted = self.protocol.curriculum.partition(":")[0].split("+")
+            wanted, _ = parse_curriculum(self.protocol.curriculum, TASKS)
             curriculum = self.protocol.curriculum if set(wanted) <= set(self.tasks) else None
         self.curriculum = parse_curriculum(curriculum, self.tasks)
         self.labels = {t: TASK_LABELS[t] for t in self.tasks}
