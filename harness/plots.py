@@ -7,6 +7,8 @@ leaderboard (mean over seeds, error bars = standard error) and from the records'
   per configuration (configurations of one model are told apart by their config_id);
 - babilong_learning_curve.png: the BABILong learning curve the runner records (accuracy at 0k and 1k on a few
   test samples per cell at each validation step) against training tokens, mean over seeds per configuration;
+- needle_acc_vs_length.png: needle accuracy (metrics acc/<len>) against context length, and the peak memory
+  while each length was scored (the record's task_info.evaluation.peak_memory_mb), one line per configuration;
 - recall_<task>.png: Zoology-style recall plot (metrics acc/kv<N>/T<L> of mqar): accuracy against key-value
   pairs, one line per architecture, one panel per sequence length;
 - loss_<task>.png: training cross-entropy against step for every record (one line per model/preset/seed).
@@ -31,6 +33,7 @@ from harness.results import load_records
 
 _LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?)([kKmM]?)$")
 _CELL = re.compile(r"^acc/kv(\d+)/T(\d+)$")
+_NEEDLE_LEN = re.compile(r"^acc/(\d+[kKmM]?)$")
 
 
 def context_length(name: str) -> float | None:
@@ -173,6 +176,66 @@ def babilong_learning_curves(records: list[tuple[Path, dict]], out: Path) -> lis
     return [_save(fig, out / "babilong_learning_curve.png")]
 
 
+def needle_lines(rows: list[dict], records: list[tuple[Path, dict]]) -> dict[str, dict[str, list[tuple]]]:
+    """{configuration label: {"acc": [(tokens, mean, stderr, length name)], "peak_memory_mb": [(tokens, mean over
+    seeds, seed-to-seed stderr, length name)]}} of the needle task."""
+    def parse_tokens(label):  # '512', '4k', '128k' -> tokens
+        return context_length(f"acc/mean/{label}")
+
+    lines = defaultdict(lambda: defaultdict(list))
+    keys = set()
+    for r in rows:
+        m = _NEEDLE_LEN.match(r["metric"])
+        if r["task"] == "needle" and m:
+            key = (r["model"], r["preset"], r["config_id"])
+            keys.add(key)
+            lines[key]["acc"].append((parse_tokens(m.group(1)), r["value"],
+                                      r["stderr"] if isinstance(r["stderr"], float) else 0.0, m.group(1)))
+    groups = defaultdict(list)
+    for path, rec in records:
+        if rec.get("task") == "needle":
+            groups[(rec["model"], rec["preset"], identity.from_record(rec))].append((path, rec))
+    for key, members in groups.items():
+        by_length = defaultdict(list)
+        for _, rec in newest_per_seed(members):
+            for name, mb in (((rec.get("task_info") or {}).get("evaluation") or {}).get("peak_memory_mb") or {}).items():
+                by_length[name].append(mb)
+        for name, values in by_length.items():
+            n, mean = len(values), sum(values) / len(values)
+            err = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+            lines[key]["peak_memory_mb"].append((parse_tokens(name), mean, err, name))
+        if by_length:
+            keys.add(key)
+    names = _config_labels(keys)
+    return {names[key]: {metric: sorted(points) for metric, points in lines[key].items()} for key in sorted(keys)}
+
+
+def needle_vs_length(rows: list[dict], records: list[tuple[Path, dict]], out: Path) -> list[Path]:
+    """needle_lines drawn: accuracy and peak scoring memory against context length, one line per configuration."""
+    lines = needle_lines(rows, records)
+    if not lines:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    panels = (("acc", "accuracy (%)"), ("peak_memory_mb", "peak memory while scoring (MB)"))
+    for ax, (metric, ylabel) in zip(axes[0], panels):
+        ticks = {}
+        for label, by_metric in lines.items():
+            points = by_metric.get(metric)
+            if points:
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, label=label)
+                ticks.update({p[0]: p[3] for p in points})
+        ax.set_xscale("log", base=2)
+        if ticks:
+            ax.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("needle: accuracy and memory by context length")
+    return [_save(fig, out / "needle_acc_vs_length.png")]
+
+
 def recall_grid(rows: list[dict], out: Path) -> list[Path]:
     """Accuracy against kv pairs per architecture, one panel per sequence length (Zoology, figure 2)."""
     by_task = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # task -> T -> line -> [(kv, row)]
@@ -237,4 +300,4 @@ def write_plots(root: str | Path, model=None, task=None, preset=None) -> list[Pa
     rows = aggregate(records)
     out = root / "plots"
     return (score_vs_params(rows, out) + babilong_vs_length(rows, out) + babilong_learning_curves(records, out)
-            + recall_grid(rows, out) + loss_curves(records, out))
+            + needle_vs_length(rows, records, out) + recall_grid(rows, out) + loss_curves(records, out))

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import DataError, HarnessError
+from harness.memory import PeakMemory
 from tasks.babilong.scoring import binomial_accuracy, mean_of_accuracies
 from tasks.babilong.streaming import (
     can_batch,
@@ -171,9 +172,14 @@ class NeedleTask(Task):
         if model.streaming == "window" and model.max_context:
             seg_len = max(seg_len, model.max_context)
         batched = self.eval_batch > 1 and can_batch(model)
+        dev = torch.device(device)
         self.last_eval = {"samples_per_length": n, "segment_len": seg_len, "batched": batched,
                           "model_streaming": model.streaming, "model_window": model.max_context, "notes": [],
-                          "nonfinite_samples": {}}  # per length: samples whose log-probs were NaN / inf (wrong)
+                          "nonfinite_samples": {},  # per length: samples whose log-probs were NaN / inf (wrong)
+                          # per length: the peak while that length was scored (flat in length = bounded state)
+                          "peak_memory_mb": {},
+                          "peak_memory_method": ("torch.cuda.max_memory_allocated" if dev.type == "cuda" else
+                                                 "process RSS sampled every 5 ms (model and tokens included)")}
         model.eval()
         metrics, cells = {}, []
         bar = tqdm(total=n * len(self.lengths), desc="needle", unit="sample", disable=not progress)
@@ -187,18 +193,9 @@ class NeedleTask(Task):
                 self.last_eval["notes"].append(f"{name}: longer than the model's {model.max_context}-token window; "
                                                f"needles further back than the window are out of sight")
             prompts, answers = self.test_samples(name, n)
-            outs = [None] * n
-            if batched:
-                for lo in range(0, n, self.eval_batch):
-                    group = list(range(lo, min(n, lo + self.eval_batch)))
-                    for k, first, state in stream_prompts(model, [prompts[i] for i in group], seg_len, device):
-                        outs[group[k]] = none_if_nonfinite(greedy_continue, model, first, state, device, self.value_len)
-                        bar.update(1)
-            else:
-                for i in range(n):
-                    outs[i] = none_if_nonfinite(greedy_generate, model, prompts[i].tolist(), seg_len, device,
-                                                self.value_len)
-                    bar.update(1)
+            with PeakMemory(dev) as peak:
+                outs = self._answers(model, prompts, seg_len, device, batched, bar)
+            self.last_eval["peak_memory_mb"][name] = round(peak.megabytes, 1)
             bad = sum(out is None for out in outs)
             if bad:
                 self.last_eval["nonfinite_samples"][name] = bad
@@ -212,6 +209,23 @@ class NeedleTask(Task):
             raise HarnessError("no needle length could be scored with this model (see the record's notes)")
         metrics["acc"] = Metric(*mean_of_accuracies([(c.value, c.stderr, c.n) for c in cells]), higher_is_better=True)
         return metrics
+
+    def _answers(self, model, prompts, seg_len, device, batched, bar):
+        """The model's greedy answers to the prompts, streamed (None where the log-probs were not finite)."""
+        n = len(prompts)
+        outs = [None] * n
+        if batched:
+            for lo in range(0, n, self.eval_batch):
+                group = list(range(lo, min(n, lo + self.eval_batch)))
+                for k, first, state in stream_prompts(model, [prompts[i] for i in group], seg_len, device):
+                    outs[group[k]] = none_if_nonfinite(greedy_continue, model, first, state, device, self.value_len)
+                    bar.update(1)
+        else:
+            for i in range(n):
+                outs[i] = none_if_nonfinite(greedy_generate, model, prompts[i].tolist(), seg_len, device,
+                                            self.value_len)
+                bar.update(1)
+        return outs
 
     def describe(self):
         return {"name": self.name, "source": "generated (RULER multi-key NIAH, arXiv 2404.06654), token form",

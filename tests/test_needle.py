@@ -134,6 +134,29 @@ def test_run_through_the_runner(tmp_path):
     assert record["training"]["seq_len"] == 128
     assert set(record["metrics"]) == {"acc", "acc/512", "acc/2k"} and record["metrics"]["acc/2k"]["n"] == 3
     assert record["task_info"]["evaluation"]["batched"] is True
+    peaks = record["task_info"]["evaluation"]["peak_memory_mb"]
+    assert set(peaks) == {"512", "2k"} and all(mb > 10 for mb in peaks.values())  # the process's RSS, model included
+
+
+class HoardingLookupModel(LookupModel):
+    """The oracle, with a state that keeps 1 MB per call: memory that grows with the length streamed."""
+
+    def forward_with_state(self, ids, state):
+        logits, aux, new = super().forward_with_state(ids, state)
+        hoard = (state[0].get("hoard", []) if state else []) + [torch.ones(2 ** 18)]
+        for st in new:
+            st["hoard"] = hoard
+        return logits, aux, new
+
+
+def test_peak_memory_per_length_shows_a_state_that_grows():
+    """The per-length peak is measured, not assumed flat: a state that grows by 1 MB per 64-token call peaks
+    ~250 MB higher at 16k than at 256 tokens."""
+    task = NeedleTask(lengths="256,16k", samples=2, eval_batch=2)
+    metrics = task.evaluate(HoardingLookupModel(), device="cpu", seq_len=64, batch_size=2, progress=False)
+    assert metrics["acc/16k"].value == 100.0
+    peaks = task.last_eval["peak_memory_mb"]
+    assert peaks["16k"] - peaks["256"] > 150, peaks
 
 
 class OverflowingLookupModel(LookupModel):

@@ -1,5 +1,6 @@
 """Leaderboard plots: every kind is drawn from records, and `harness leaderboard` says where they went."""
 
+import pytest
 from click.testing import CliRunner
 
 from harness.cli import cli
@@ -68,3 +69,26 @@ def test_babilong_learning_curves_average_seeds_and_keep_configurations_apart(tm
     names = sorted(p.name for p in write_plots(tmp_path))
     assert "babilong_learning_curve.png" in names and "babilong_acc_vs_length.png" in names
     assert json.dumps(lines)  # plain numbers, nothing a plot could not draw
+
+
+def test_needle_plot_averages_seeds_for_accuracy_and_peak_memory(tmp_path):
+    """From records the runner writes: each length's accuracy is the leaderboard's mean over seeds, its peak memory
+    the mean of the records' per-length peaks, and both land in needle_acc_vs_length.png."""
+    from harness.leaderboard import aggregate
+    from harness.plots import needle_lines
+    from harness.results import load_records
+    from harness.runner import RunConfig, run
+
+    for seed in (0, 1):
+        run(RunConfig(model="titans-lmm", task="needle", preset="tiny", steps=2, batch_size=2, eval_every=0,
+                      seed=seed, model_args={"depth": "1"}, output_path=str(tmp_path), progress=False,
+                      update_leaderboard=False, task_args={"lengths": "256,1k", "samples": "2", "train_length": "64"}))
+    records = load_records(tmp_path)
+    (label, line), = needle_lines(aggregate(records), records).items()
+    assert label == "titans-lmm tiny"
+    assert [(p[0], p[3]) for p in line["acc"]] == [(256, "256"), (1024, "1k")]
+    peaks = [r["task_info"]["evaluation"]["peak_memory_mb"] for _, r in records]
+    for tokens, mean, err, name in line["peak_memory_mb"]:
+        assert mean == pytest.approx(sum(p[name] for p in peaks) / 2)
+        assert err == pytest.approx(abs(peaks[0][name] - peaks[1][name]) / 2)
+    assert "needle_acc_vs_length.png" in [p.name for p in write_plots(tmp_path)]
