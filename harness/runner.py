@@ -200,6 +200,18 @@ def fit_model_args(cfg: RunConfig, task) -> tuple[RunConfig, list[str]]:
     return replace(cfg, model_args={**cfg.model_args, **taken}), [note]
 
 
+def resolve_run(cfg: RunConfig):
+    """(cfg, budget, task, notes): the run as it will be trained, resolved in one place for the runner and for
+    the sweep's job identity (which must agree with the record the run writes): the preset's budget, the task
+    with its options, the task's model settings (`fit_model_args`), then its budget and training context
+    (`fit_budget`). The notes say what the task set."""
+    budget = resolve_budget(cfg)
+    task = load_task(cfg)
+    cfg, model_notes = fit_model_args(cfg, task)
+    budget, budget_notes = fit_budget(cfg, budget, task)
+    return cfg, budget, task, model_notes + budget_notes
+
+
 def device_type(name: str) -> str:
     """cpu or cuda for a --device value, without failing where CUDA is absent (a sweep may plan elsewhere)."""
     return "cuda" if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()) else "cpu"
@@ -305,7 +317,7 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
     # Resolve every name first, so a typo fails before any data is read.
     model_name, task_name = MODELS.resolve(cfg.model).name, TASKS.resolve(cfg.task).name
     optimizer_name = OPTIMIZERS.resolve(cfg.optimizer).name
-    budget = resolve_budget(cfg)
+    resolve_budget(cfg)  # bad budget flags fail now, before any data is read
     metric_logger.require(cfg)  # a missing tensorboard / wandb package fails now, not after training
     device = resolve_device(cfg.device)
     dctx, device = distributed.setup(device, cfg.preset, cfg.fsdp)
@@ -315,10 +327,8 @@ def _train_and_score(cfg: RunConfig, progress: dict | None = None) -> tuple[dict
 
     if main_rank:
         ensure_writable(root)  # before training: an unwritable results folder must not cost trained weights
-    task = load_task(cfg)
-    cfg, model_notes = fit_model_args(cfg, task)
-    budget, widened = fit_budget(cfg, budget, task)
-    notes += model_notes + widened
+    cfg, budget, task, run_notes = resolve_run(cfg)
+    notes += run_notes
     task_info = task.describe()
     if budget.steps and not cfg.checkpoint:  # a split too small for a batch fails now, not after training
         counters = copy.deepcopy(getattr(task, "train_stats", None))  # the trial rows are not trained on

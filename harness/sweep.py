@@ -55,22 +55,12 @@ def expand(models, tasks, seeds, base):
 
 
 def job_identity(cfg) -> str:
-    """The configuration identity the job's record will carry (harness/identity.py), computed the runner's
-    way: the same budget resolution, task options, the task's model settings (runner.fit_model_args) and the
-    task's widening of the training context (reads the task's data for its checksum)."""
-    from harness.runner import (
-        config_identity,
-        device_type,
-        fit_budget,
-        fit_model_args,
-        load_task,
-        resolve_budget,
-    )
+    """The configuration identity the job's record will carry (harness/identity.py), computed from the run as the
+    runner resolves it (runner.resolve_run: budget, task options, the task's model settings and training context;
+    reads the task's data for its checksum)."""
+    from harness.runner import config_identity, device_type, resolve_run
 
-    budget = resolve_budget(cfg)
-    task = load_task(cfg)
-    cfg, _ = fit_model_args(cfg, task)
-    budget, _ = fit_budget(cfg, budget, task)
+    cfg, budget, task, _ = resolve_run(cfg)
     return config_identity(cfg, budget, task.describe(), device_type(cfg.device))
 
 
