@@ -72,8 +72,9 @@ def table(records: list[dict]) -> list[str]:
             "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if level:
-        lines.append("| no recall (1/kv) | | | | " + " | ".join(
-            f"{level.get(c.removeprefix('acc/'), float('nan')):.1f}" for c in cells) + " |" * (len(peak_cols) + 2))
+        row = ["no recall (1/kv)", "", "", "", *[f"{level.get(c.removeprefix('acc/'), float('nan')):.1f}"
+                                                 for c in cells], *[""] * (len(peak_cols) + 2)]
+        lines.append("| " + " | ".join(row) + " |")
     for model, recs in sorted(by_model.items(), key=lambda kv: -_mean(kv[1], "acc")[0]):
         row = [model, f"{recs[0]['params']:,}", f"{recs[0]['training']['lr']:g}",
                " ".join(str(r["seed"]) for r in sorted(recs, key=lambda r: r["seed"]))]
