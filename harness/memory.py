@@ -27,6 +27,7 @@ class PeakMemory:
 
     def __init__(self, device: torch.device, interval_s: float = 0.005):
         self.device, self.interval_s, self.peak = device, interval_s, 0
+        self.start = 0  # what was in use when the block began (CUDA: allocated; CPU: the RSS)
         self._stop = threading.Event()
 
     def _sample(self):
@@ -36,8 +37,9 @@ class PeakMemory:
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
         else:
-            self.peak = current_rss_bytes()
+            self.peak = self.start = current_rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -54,3 +56,7 @@ class PeakMemory:
     @property
     def megabytes(self) -> float:
         return self.peak / 2**20
+
+    @property
+    def start_megabytes(self) -> float:
+        return self.start / 2**20

@@ -177,7 +177,9 @@ class NeedleTask(Task):
                           "model_streaming": model.streaming, "model_window": model.max_context, "notes": [],
                           "nonfinite_samples": {},  # per length: samples whose log-probs were NaN / inf (wrong)
                           # per length: the peak while that length was scored (flat in length = bounded state)
-                          "peak_memory_mb": {},
+                          # and what the process held when it began (CPU: memory earlier work left allocated,
+                          # e.g. an earlier job of a sweep, counts in both)
+                          "peak_memory_mb": {}, "memory_at_start_mb": {},
                           "peak_memory_method": ("torch.cuda.max_memory_allocated" if dev.type == "cuda" else
                                                  "process RSS sampled every 5 ms (model and tokens included)")}
         model.eval()
@@ -196,6 +198,7 @@ class NeedleTask(Task):
             with PeakMemory(dev) as peak:
                 outs = self._answers(model, prompts, seg_len, device, batched, bar)
             self.last_eval["peak_memory_mb"][name] = round(peak.megabytes, 1)
+            self.last_eval["memory_at_start_mb"][name] = round(peak.start_megabytes, 1)
             bad = sum(out is None for out in outs)
             if bad:
                 self.last_eval["nonfinite_samples"][name] = bad

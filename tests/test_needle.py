@@ -136,6 +136,8 @@ def test_run_through_the_runner(tmp_path):
     assert record["task_info"]["evaluation"]["batched"] is True
     peaks = record["task_info"]["evaluation"]["peak_memory_mb"]
     assert set(peaks) == {"512", "2k"} and all(mb > 10 for mb in peaks.values())  # the process's RSS, model included
+    starts = record["task_info"]["evaluation"]["memory_at_start_mb"]
+    assert set(starts) == {"512", "2k"} and all(0 < starts[n] <= peaks[n] for n in peaks)
 
 
 class HoardingLookupModel(LookupModel):
@@ -155,8 +157,9 @@ def test_peak_memory_per_length_shows_a_state_that_grows():
     task = NeedleTask(lengths="256,16k", samples=2, eval_batch=2)
     metrics = task.evaluate(HoardingLookupModel(), device="cpu", seq_len=64, batch_size=2, progress=False)
     assert metrics["acc/16k"].value == 100.0
-    peaks = task.last_eval["peak_memory_mb"]
+    peaks, starts = task.last_eval["peak_memory_mb"], task.last_eval["memory_at_start_mb"]
     assert peaks["16k"] - peaks["256"] > 150, peaks
+    assert peaks["16k"] - starts["16k"] > 150 and peaks["256"] - starts["256"] < 50, (peaks, starts)
 
 
 class OverflowingLookupModel(LookupModel):
