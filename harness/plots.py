@@ -125,6 +125,12 @@ def babilong_vs_length(rows: list[dict], out: Path) -> list[Path]:
     return [_save(fig, out / "babilong_acc_vs_length.png")]
 
 
+def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    """Mean over seeds and the seed-to-seed standard error (0.0 for one seed)."""
+    n, mean = len(values), sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+
+
 def learning_curve_lines(records: list[tuple[Path, dict]]) -> dict[str, dict[str, list[tuple]]]:
     """{configuration label: {metric: [(training tokens, mean over seeds, seed-to-seed stderr, seeds)]}} from the
     BABILong records' `training.task_curve` (accuracy at 0k and 1k at each validation step); one record per seed
@@ -145,9 +151,7 @@ def learning_curve_lines(records: list[tuple[Path, dict]]) -> dict[str, dict[str
         for metric, by_tokens in by_metric.items():
             points = []
             for tokens, values in sorted(by_tokens.items()):
-                n, mean = len(values), sum(values) / len(values)
-                err = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-                points.append((tokens, mean, err, n))
+                points.append((tokens, *_mean_and_stderr(values), len(values)))
             lines[names[key]][metric] = points
     return lines
 
@@ -201,9 +205,7 @@ def needle_lines(rows: list[dict], records: list[tuple[Path, dict]]) -> dict[str
             for name, mb in (((rec.get("task_info") or {}).get("evaluation") or {}).get("peak_memory_mb") or {}).items():
                 by_length[name].append(mb)
         for name, values in by_length.items():
-            n, mean = len(values), sum(values) / len(values)
-            err = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-            lines[key]["peak_memory_mb"].append((parse_tokens(name), mean, err, name))
+            lines[key]["peak_memory_mb"].append((parse_tokens(name), *_mean_and_stderr(values), name))
         if by_length:
             keys.add(key)
     names = _config_labels(keys)
