@@ -31,7 +31,8 @@ from harness.errors import HarnessError
 from harness.leaderboard import aggregate, newest_per_seed
 from harness.results import load_records
 
-_LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?)([kKmM]?)$")
+_LEN = re.compile(r"^acc/mean/(\d+(?:\.\d+)?[kKmM]?)$")
+_TOKENS = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 _CELL = re.compile(r"^acc/kv(\d+)/T(\d+)$")
 _NEEDLE_LEN = re.compile(r"^acc/(\d+[kKmM]?)$")
 
@@ -39,10 +40,15 @@ _NEEDLE_LEN = re.compile(r"^acc/(\d+[kKmM]?)$")
 def context_length(name: str) -> float | None:
     """Tokens in a length label of a metric acc/mean/<len>: 0k -> 0, 4k -> 4096, 1M -> 1048576."""
     m = _LEN.match(name)
+    return length_tokens(m.group(1)) if m else None
+
+
+def length_tokens(label: str) -> float | None:
+    """Tokens in a length label: 0k -> 0, 512 -> 512, 4k -> 4096, 1M -> 1048576; None if it is not one."""
+    m = _TOKENS.match(label)
     if not m:
         return None
-    scale = {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
-    return float(m.group(1)) * scale
+    return float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
 
 
 def _safe(text: str) -> str:
@@ -183,9 +189,6 @@ def babilong_learning_curves(records: list[tuple[Path, dict]], out: Path) -> lis
 def needle_lines(rows: list[dict], records: list[tuple[Path, dict]]) -> dict[str, dict[str, list[tuple]]]:
     """{configuration label: {"acc": [(tokens, mean, stderr, length name)], "peak_memory_mb": [(tokens, mean over
     seeds, seed-to-seed stderr, length name)]}} of the needle task."""
-    def parse_tokens(label):  # '512', '4k', '128k' -> tokens
-        return context_length(f"acc/mean/{label}")
-
     lines = defaultdict(lambda: defaultdict(list))
     keys = set()
     for r in rows:
@@ -193,7 +196,7 @@ def needle_lines(rows: list[dict], records: list[tuple[Path, dict]]) -> dict[str
         if r["task"] == "needle" and m:
             key = (r["model"], r["preset"], r["config_id"])
             keys.add(key)
-            lines[key]["acc"].append((parse_tokens(m.group(1)), r["value"],
+            lines[key]["acc"].append((length_tokens(m.group(1)), r["value"],
                                       r["stderr"] if isinstance(r["stderr"], float) else 0.0, m.group(1)))
     groups = defaultdict(list)
     for path, rec in records:
@@ -205,7 +208,7 @@ def needle_lines(rows: list[dict], records: list[tuple[Path, dict]]) -> dict[str
             for name, mb in (((rec.get("task_info") or {}).get("evaluation") or {}).get("peak_memory_mb") or {}).items():
                 by_length[name].append(mb)
         for name, values in by_length.items():
-            lines[key]["peak_memory_mb"].append((parse_tokens(name), *_mean_and_stderr(values), name))
+            lines[key]["peak_memory_mb"].append((length_tokens(name), *_mean_and_stderr(values), name))
         if by_length:
             keys.add(key)
     names = _config_labels(keys)

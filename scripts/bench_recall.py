@@ -11,9 +11,9 @@ Runs the jobs with `harness sweep` (finished jobs are skipped, so an interrupted
 row per model: parameters, the learning rate, accuracy per cell (mean over seeds ± seed-to-seed standard error,
 or the binomial stderr for one seed), the no-recall level, training time and wall time per run, and the bench's
 total wall time; for the needle task also the peak memory while the shortest and the longest length were scored
-(flat in length where the model's state is bounded). With several `--lrs` each model is trained at each and its row is the lr with the best mean
-accuracy (Zoology, section 3: architectures compared at their own best learning rate); every lr's rows are
-printed first.
+(flat in length where the model's state is bounded). With several `--lrs` each model is trained at each and its
+row is the lr with the best mean accuracy (Zoology, section 3: architectures compared at their own best learning
+rate); every lr's rows are printed first.
 Timings are what the records measured on this machine; they go here, never into tests.
 """
 
@@ -67,7 +67,8 @@ def table(records: list[dict]) -> list[str]:
     cells = sorted({m for rec in records for m in rec["metrics"] if m.startswith("acc/")}, key=_cell_key)
     level = records[0]["task_info"].get("no_recall_level", {}) if records else {}
     lengths = sorted({name for rec in records for name in _peaks([rec])}, key=lambda n: _cell_key("acc/" + n))
-    peak_cols = [f"peak MB {lengths[0]}", f"peak MB {lengths[-1]}"] if lengths else []
+    peak_lengths = [lengths[0], lengths[-1]] if lengths else []  # the shortest and the longest
+    peak_cols = [f"peak MB {name}" for name in peak_lengths]
     head = ["model", "params", "lr", "seeds", *[c.removeprefix("acc/") for c in cells], *peak_cols, "train s",
             "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -82,8 +83,7 @@ def table(records: list[dict]) -> list[str]:
             mean, se = _mean(recs, c)
             row.append(f"{mean:.1f} ± {se:.1f}" if not math.isnan(mean) else "")
         peaks = _peaks(recs)
-        row += [f"{peaks[name]:,.0f}" if name in peaks else "" for name in (lengths[:1] + lengths[-1:] if lengths
-                                                                            else [])]
+        row += [f"{peaks[name]:,.0f}" if name in peaks else "" for name in peak_lengths]
         row.append(f"{statistics.mean(r['training']['train_time_s'] for r in recs):.0f}")
         row.append(f"{statistics.mean(r['wall_time_s'] for r in recs):.0f}")
         lines.append("| " + " | ".join(row) + " |")
